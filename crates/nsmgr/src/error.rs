@@ -361,3 +361,55 @@ impl<E: fmt::Display> fmt::Display for FailureList<'_, E> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn release_error_lists_every_failure_with_namespace_and_path() {
+        let err = ReleaseError {
+            pod_id: PodId::new("p1").expect("valid"),
+            failures: vec![
+                PinFailure::Unmount {
+                    namespace: NamespaceKind::Net,
+                    path: PathBuf::from("/run/netns/sluice-p1"),
+                    errno: Errno::EPERM,
+                },
+                PinFailure::Remove {
+                    namespace: NamespaceKind::Uts,
+                    path: PathBuf::from("/run/sluice/ns/uts/p1"),
+                    error: io::Error::from(Errno::EBUSY),
+                },
+            ],
+        };
+        let text = err.to_string();
+        for needle in [
+            "pod p1",
+            "net pin /run/netns/sluice-p1",
+            "EPERM",
+            "uts pin /run/sluice/ns/uts/p1",
+            "busy",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from {text:?}");
+        }
+    }
+
+    #[test]
+    fn create_errors_keep_the_os_error_as_source() {
+        let err = CreateError::BindMount {
+            pod_id: PodId::new("p1").expect("valid"),
+            namespace: NamespaceKind::Ipc,
+            path: PathBuf::from("/run/sluice/ns/ipc/p1"),
+            source: Errno::EACCES,
+        };
+        assert_eq!(
+            err.to_string(),
+            "bind-mounting the ipc namespace of pod p1 onto /run/sluice/ns/ipc/p1"
+        );
+        let source = err.source().expect("source kept");
+        assert_eq!(source.downcast_ref::<Errno>(), Some(&Errno::EACCES));
+    }
+}

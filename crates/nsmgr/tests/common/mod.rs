@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,20 @@ impl TempPins {
     /// Mount points at or below the temporary root, from mountinfo.
     pub fn mounts(&self) -> Vec<String> {
         mounts_under(self.root.path())
+    }
+
+    /// Distinct mount points below the pin directories, i.e. the pins
+    /// (the directories' own self bind mounts excluded).
+    pub fn pin_mounts(&self) -> BTreeSet<String> {
+        let dirs = self.manager.dirs();
+        let own = [
+            dirs.netns_dir.to_str().unwrap(),
+            dirs.ns_dir.to_str().unwrap(),
+        ];
+        self.mounts()
+            .into_iter()
+            .filter(|m| !own.contains(&m.as_str()))
+            .collect()
     }
 
     /// Every file in the pin directories.
