@@ -78,12 +78,21 @@ fn created_namespaces_are_new_configured_and_released() {
     let host_shmmni = read_sysctl("kernel/shmmni");
     let host_hostname = nix::unistd::gethostname().unwrap();
     let value = port_start_value();
+    let caller_ns = || -> Vec<u64> {
+        NamespaceKind::ALL
+            .iter()
+            .map(|k| inode(&Path::new("/proc/thread-self/ns").join(k.proc_name())))
+            .collect()
+    };
+    let caller_before = caller_ns();
 
     let ns = pins
         .manager
         .create(&pod, &full_request("pod-web-0", &value))
         .unwrap();
 
+    // The calling thread's namespaces did not change.
+    assert_eq!(caller_ns(), caller_before);
     // New namespaces, not the host's.
     for kind in NamespaceKind::ALL {
         let host = Path::new("/proc/self/ns").join(kind.proc_name());
