@@ -1,0 +1,278 @@
+//! `runtime.v1.RuntimeService`: runtime identity, readiness and node-level runtime config.
+//! Sandbox and container RPCs answer `Unimplemented` (generated default stubs) until their
+//! issues land.
+
+use std::sync::{Arc, RwLock};
+
+use cri_api::runtime::v1::runtime_service_server::RuntimeService;
+use cri_api::runtime::v1::{
+    CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigRequest,
+    RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
+    StatusRequest, StatusResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
+    VersionRequest, VersionResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::validate;
+
+/// The CRI API version sluice serves.
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// The kubelet-facing "version" field of `VersionResponse`; every CRI runtime reports 0.1.0.
+pub const KUBELET_API_VERSION: &str = "0.1.0";
+
+/// `RuntimeReady` / `NetworkReady`: the condition types the kubelet looks for.
+pub const RUNTIME_READY: &str = "RuntimeReady";
+pub const NETWORK_READY: &str = "NetworkReady";
+/// Reason the kubelet and operators see while pod networking is not usable.
+pub const NETWORK_PLUGIN_NOT_READY: &str = "NetworkPluginNotReady";
+
+/// Static facts about this daemon, given at construction.
+#[derive(Debug, Clone)]
+pub struct RuntimeInfo {
+    /// `sluice`.
+    pub name: String,
+    /// The daemon's version (from Cargo).
+    pub version: String,
+    /// The effective configuration as JSON, returned by verbose `Status` under `config`.
+    pub config_json: String,
+}
+
+/// Network readiness as the `NetworkReady` condition reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkReadiness {
+    pub ready: bool,
+    /// Machine-readable reason (CamelCase) when not ready, e.g. `NetworkPluginNotReady`.
+    pub reason: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Where `Status` learns whether pod networking is ready; the CNI manager implements it.
+pub trait NetworkStatus: Send + Sync + 'static {
+    fn readiness(&self) -> NetworkReadiness;
+}
+
+/// No network manager is wired in: pod networking is honestly not ready.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoNetwork;
+
+impl NetworkStatus for NoNetwork {
+    fn readiness(&self) -> NetworkReadiness {
+        NetworkReadiness {
+            ready: false,
+            reason: NETWORK_PLUGIN_NOT_READY.to_string(),
+            message: "no CNI network manager is configured in this sluice".to_string(),
+        }
+    }
+}
+
+/// The CRI runtime service.
+#[derive(Clone)]
+pub struct RuntimeSvc {
+    info: Arc<RuntimeInfo>,
+    network: Arc<dyn NetworkStatus>,
+    /// Pod CIDRs the kubelet pushed with `UpdateRuntimeConfig` (informational: CNI IPAM config
+    /// decides pod addresses; sluice reports them in verbose `Status`).
+    pod_cidrs: Arc<RwLock<Vec<String>>>,
+}
+
+impl std::fmt::Debug for RuntimeSvc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeSvc")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeSvc {
+    pub fn new(info: RuntimeInfo, network: Arc<dyn NetworkStatus>) -> Self {
+        Self {
+            info: Arc::new(info),
+            network,
+            pod_cidrs: Arc::default(),
+        }
+    }
+
+    fn pod_cidrs(&self) -> Vec<String> {
+        // A poisoned lock only means a writer panicked mid-assignment of a Vec; the value is
+        // still a whole Vec, so keep serving it.
+        match self.pod_cidrs.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeSvc {
+    #[tracing::instrument(skip_all)]
+    async fn version(
+        &self,
+        _request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(VersionResponse {
+            version: KUBELET_API_VERSION.to_string(),
+            runtime_name: self.info.name.clone(),
+            runtime_version: self.info.version.clone(),
+            runtime_api_version: RUNTIME_API_VERSION.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(verbose = request.get_ref().verbose))]
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let net = self.network.readiness();
+        let conditions = vec![
+            RuntimeCondition {
+                r#type: RUNTIME_READY.to_string(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            RuntimeCondition {
+                r#type: NETWORK_READY.to_string(),
+                status: net.ready,
+                reason: net.reason,
+                message: net.message,
+            },
+        ];
+        let mut info = std::collections::HashMap::new();
+        if request.get_ref().verbose {
+            info.insert("config".to_string(), self.info.config_json.clone());
+            let cidrs = serde_json::to_string(&self.pod_cidrs())
+                .map_err(|e| Status::internal(format!("encoding pod CIDRs: {e}")))?;
+            info.insert("podCIDRs".to_string(), cidrs);
+        }
+        Ok(Response::new(StatusResponse {
+            status: Some(RuntimeStatus { conditions }),
+            info,
+            // The default handler (""), with the features sluice does not offer yet said so.
+            runtime_handlers: vec![RuntimeHandler {
+                name: String::new(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: false,
+                user_namespaces_host_network: false,
+            }),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn runtime_config(
+        &self,
+        _request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        // sluice manages cgroups directly on cgroupfs (no systemd on its target nodes); the
+        // kubelet must be configured with cgroupDriver: cgroupfs to match.
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .get_ref()
+            .runtime_config
+            .as_ref()
+            .and_then(|c| c.network_config.as_ref())
+            .map(|n| n.pod_cidr.as_str())
+            .unwrap_or_default();
+        let cidrs = validate::pod_cidrs("runtime_config.network_config.pod_cidr", cidr)?;
+        tracing::info!(pod_cidrs = ?cidrs, "kubelet updated the pod CIDR");
+        match self.pod_cidrs.write() {
+            Ok(mut g) => *g = cidrs,
+            Err(p) => *p.into_inner() = cidrs,
+        }
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cri_api::runtime::v1::{NetworkConfig, RuntimeConfig};
+
+    fn svc() -> RuntimeSvc {
+        RuntimeSvc::new(
+            RuntimeInfo {
+                name: "sluice".into(),
+                version: "9.9.9".into(),
+                config_json: "{\"x\":1}".into(),
+            },
+            Arc::new(NoNetwork),
+        )
+    }
+
+    #[tokio::test]
+    async fn pod_cidr_is_recorded_and_reported_in_verbose_status() {
+        let s = svc();
+        let req = UpdateRuntimeConfigRequest {
+            runtime_config: Some(RuntimeConfig {
+                network_config: Some(NetworkConfig {
+                    pod_cidr: "10.244.3.0/24".into(),
+                }),
+            }),
+        };
+        s.update_runtime_config(Request::new(req))
+            .await
+            .expect("accepted");
+        let st = s
+            .status(Request::new(StatusRequest { verbose: true }))
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(
+            st.info.get("podCIDRs").map(String::as_str),
+            Some("[\"10.244.3.0/24\"]")
+        );
+        assert_eq!(st.info.get("config").map(String::as_str), Some("{\"x\":1}"));
+    }
+
+    #[tokio::test]
+    async fn bad_pod_cidr_is_invalid_argument_and_keeps_the_old_value() {
+        let s = svc();
+        let set = |c: &str| UpdateRuntimeConfigRequest {
+            runtime_config: Some(RuntimeConfig {
+                network_config: Some(NetworkConfig { pod_cidr: c.into() }),
+            }),
+        };
+        s.update_runtime_config(Request::new(set("10.1.0.0/16")))
+            .await
+            .expect("ok");
+        let err = s
+            .update_runtime_config(Request::new(set("10.1.0.0/99")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(s.pod_cidrs(), vec!["10.1.0.0/16".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn status_is_not_verbose_unless_asked() {
+        let st = svc()
+            .status(Request::new(StatusRequest { verbose: false }))
+            .await
+            .expect("status")
+            .into_inner();
+        assert!(st.info.is_empty());
+        let conds = st.status.expect("status").conditions;
+        let net = conds
+            .iter()
+            .find(|c| c.r#type == NETWORK_READY)
+            .expect("NetworkReady");
+        assert!(!net.status);
+        assert_eq!(net.reason, NETWORK_PLUGIN_NOT_READY);
+    }
+}

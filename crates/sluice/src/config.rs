@@ -1,0 +1,727 @@
+//! sluice's configuration: `/etc/sluice/sluice.toml`, then the drop-ins of
+//! `/etc/sluice/sluice.d/*.toml` in lexical order, then command-line flags.
+//!
+//! Every file is checked on its own before merging, so an error names the file that is wrong,
+//! the full key (`server.listen`) and what is allowed. Section and key names are a contract
+//! with operators (see DESIGN.md "Config file sections"); [`render_default`] prints every key
+//! with a comment, and `config/sluice.toml` in the repository is exactly that text.
+//!
+//! The configuration is read once at start-up and never from the process environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use telemetry::{LogFormat, LogLevel};
+
+/// Default location of the main config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";
+
+/// The whole configuration. Every key has a default, so any file may set any subset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: the CRI endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: PathBuf,
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: PathBuf::from("/run/sluice/sluice.sock"),
+            shutdown_timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[storage]`: where state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub root: PathBuf,
+    pub runroot: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/var/lib/sluice"),
+            runroot: PathBuf::from("/run/sluice"),
+        }
+    }
+}
+
+/// `[log]`: daemon log verbosity and format (stderr).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(with = "via_str")]
+    pub level: LogLevel,
+    #[serde(with = "via_str")]
+    pub format: LogFormat,
+}
+
+/// Serde through `FromStr`/`Display`, so enums keep their one spelling and error text.
+mod via_str {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err = String>,
+        D: Deserializer<'de>,
+    {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration written the way operators write them: `500ms`, `30s`, `2m`, `4h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "invalid duration {s:?}, expected a number with a unit: ms, s, m or h (e.g. \"30s\")"
+            )
+        };
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        Ok(Dur(d))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else {
+            let s = self.0.as_secs();
+            if s != 0 && s % 3600 == 0 {
+                write!(f, "{}h", s / 3600)
+            } else if s != 0 && s % 60 == 0 {
+                write!(f, "{}m", s / 60)
+            } else {
+                write!(f, "{s}s")
+            }
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A configuration problem; the daemon exits with status 64 (EX_USAGE) on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot list drop-in directory: {source}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: unknown key `{key}`; allowed keys {allowed}")]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        allowed: String,
+    },
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Values given on the command line; they win over every file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+    pub runroot: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// Where to read configuration from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The main file.
+    pub file: PathBuf,
+    /// Whether a missing main file is an error (it is when the operator named it).
+    pub file_required: bool,
+    /// The drop-in directory (`*.toml`, lexical order); missing is fine.
+    pub dropin_dir: PathBuf,
+}
+
+impl Sources {
+    /// The main file given (or the default), with drop-ins in `<dir of file>/sluice.d`
+    /// unless `dropin_dir` is given.
+    pub fn new(file: Option<PathBuf>, dropin_dir: Option<PathBuf>) -> Self {
+        let file_required = file.is_some();
+        let file = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        let dropin_dir = dropin_dir.unwrap_or_else(|| {
+            file.parent()
+                .unwrap_or_else(|| Path::new("/"))
+                .join("sluice.d")
+        });
+        Self {
+            file,
+            file_required,
+            dropin_dir,
+        }
+    }
+}
+
+/// The loaded configuration and the files it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// Files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads, checks and merges every source, applies `overrides`, and validates the result.
+pub fn load(sources: &Sources, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    let mut files = Vec::new();
+    match std::fs::metadata(&sources.file) {
+        Ok(_) => files.push(sources.file.clone()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sources.file_required => {}
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: sources.file.clone(),
+                source,
+            });
+        }
+    }
+    match std::fs::read_dir(&sources.dropin_dir) {
+        Ok(entries) => {
+            let mut dropins: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
+            dropins.sort();
+            files.extend(dropins);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ConfigError::ReadDir {
+                path: sources.dropin_dir.clone(),
+                source,
+            });
+        }
+    }
+
+    let schema = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+        path: PathBuf::from("<built-in defaults>"),
+        message: e.to_string(),
+    })?;
+    let mut merged = schema.clone();
+    let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: one_line(&e.to_string()),
+        })?;
+        check_keys(path, &table, &schema, "")?;
+        // Type and value errors, with the line and column of the offending value.
+        toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: one_line(&e.to_string()),
+        })?;
+        merge(&mut merged, table, "", path, &mut origin);
+    }
+    let mut config: Config =
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: PathBuf::from("<merged config>"),
+                message: one_line(&e.to_string()),
+            })?;
+
+    let flag = |key: &str, origin: &mut BTreeMap<String, PathBuf>| {
+        origin.insert(
+            key.to_string(),
+            PathBuf::from(format!("command-line flag for {key}")),
+        );
+    };
+    if let Some(v) = &overrides.listen {
+        config.server.listen = v.clone();
+        flag("server.listen", &mut origin);
+    }
+    if let Some(v) = &overrides.root {
+        config.storage.root = v.clone();
+        flag("storage.root", &mut origin);
+    }
+    if let Some(v) = &overrides.runroot {
+        config.storage.runroot = v.clone();
+        flag("storage.runroot", &mut origin);
+    }
+    if let Some(v) = &overrides.log_level {
+        config.log.level = v.parse().map_err(|message| ConfigError::Invalid {
+            origin: "--log-level".into(),
+            key: "log.level".into(),
+            message,
+        })?;
+    }
+    if let Some(v) = &overrides.log_format {
+        config.log.format = v.parse().map_err(|message| ConfigError::Invalid {
+            origin: "--log-format".into(),
+            key: "log.format".into(),
+            message,
+        })?;
+    }
+    validate(&config, &origin)?;
+    Ok(Loaded { config, files })
+}
+
+/// TOML errors span several lines (a snippet with a caret); keep them readable in one log line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Rejects keys that the built-in schema does not have, naming the full dotted key and the keys
+/// allowed at that level.
+fn check_keys(
+    path: &Path,
+    table: &toml::Table,
+    schema: &toml::Table,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let Some(s) = schema.get(k) else {
+            let allowed = schema
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let place = if prefix.is_empty() {
+                "(sections)".to_string()
+            } else {
+                format!("in [{prefix}]")
+            };
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key,
+                allowed: format!("{place}: {allowed}"),
+            });
+        };
+        match (v, s) {
+            (toml::Value::Table(t), toml::Value::Table(st)) => check_keys(path, t, st, &key)?,
+            (value, _) => check_value(path, &key, value)?,
+        }
+    }
+    Ok(())
+}
+
+/// Checks one leaf value by deserializing a config that holds only it, so the error names the
+/// exact dotted key (`log.level`) along with what the type allows.
+fn check_value(path: &Path, key: &str, value: &toml::Value) -> Result<(), ConfigError> {
+    let mut node = value.clone();
+    for part in key.rsplit('.') {
+        let mut t = toml::Table::new();
+        t.insert(part.to_string(), node);
+        node = toml::Value::Table(t);
+    }
+    match node.try_into::<Config>() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ConfigError::Invalid {
+            origin: path.display().to_string(),
+            key: key.to_string(),
+            message: one_line(e.message()),
+        }),
+    }
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, everything else (arrays included)
+/// is replaced. Records which file set each leaf key.
+fn merge(
+    base: &mut toml::Table,
+    over: toml::Table,
+    prefix: &str,
+    path: &Path,
+    origin: &mut BTreeMap<String, PathBuf>,
+) {
+    for (k, v) in over {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o, &key, path, origin),
+            (_, v) => {
+                origin.insert(key, path.to_path_buf());
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Semantic checks that the types alone cannot express.
+fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        origin: origin
+            .get(key)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in default".to_string()),
+        key: key.to_string(),
+        message,
+    };
+    let absolute = |key: &str, p: &Path| {
+        if p.is_absolute() && p.file_name().is_some() {
+            Ok(())
+        } else {
+            Err(invalid(
+                key,
+                format!(
+                    "must be an absolute path, got {:?}",
+                    p.display().to_string()
+                ),
+            ))
+        }
+    };
+    absolute("server.listen", &config.server.listen)?;
+    absolute("storage.root", &config.storage.root)?;
+    absolute("storage.runroot", &config.storage.runroot)?;
+    // sockaddr_un.sun_path is 108 bytes including the terminating NUL (unix(7)).
+    let len = config.server.listen.as_os_str().len();
+    if len > 107 {
+        return Err(invalid(
+            "server.listen",
+            format!("unix socket paths are limited to 107 bytes, this one has {len}"),
+        ));
+    }
+    let t = config.server.shutdown_timeout.0;
+    if t.is_zero() || t > Duration::from_secs(600) {
+        return Err(invalid(
+            "server.shutdown_timeout",
+            format!(
+                "must be between 1ms and 10m, got {}",
+                config.server.shutdown_timeout
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The complete default configuration as commented TOML: what `sluice config` prints and what
+/// `config/sluice.toml` holds.
+pub fn render_default() -> String {
+    let d = Config::default();
+    let q = |p: &Path| toml_str(&p.display().to_string());
+    format!(
+        r#"# sluice configuration: the complete default, printed by `sluice config`.
+#
+# The daemon reads /etc/sluice/sluice.toml, then every *.toml in /etc/sluice/sluice.d/ in
+# lexical order (later files override earlier ones key by key), then command-line flags.
+# Unknown keys and bad values stop the daemon with exit status 64 and a message naming the
+# file and the key. Durations are written with a unit: "500ms", "30s", "2m", "4h".
+
+[server]
+# Unix socket serving the CRI v1 API (RuntimeService and ImageService), created with mode
+# 0660 owned by root. Point the kubelet's --container-runtime-endpoint and crictl's
+# runtime-endpoint at unix://<this path>. Flag: --listen.
+listen = {listen}
+# How long a SIGTERM/SIGINT shutdown waits for in-flight CRI calls before exiting anyway.
+shutdown_timeout = "{shutdown}"
+
+[storage]
+# Persistent state: image store and pod/container metadata. Flag: --root.
+root = {root}
+# Volatile state that must not survive a reboot: runtime state, exit files, attach sockets.
+# Flag: --runroot.
+runroot = {runroot}
+
+[log]
+# Daemon log verbosity for sluice's own crates: trace, debug, info, warn or error.
+# Libraries stay at warn unless the level is trace. Flag: --log-level.
+level = "{level}"
+# Log line format on stderr: "text" for people, "json" for log shippers. Flag: --log-format.
+format = "{format}"
+"#,
+        listen = q(&d.server.listen),
+        shutdown = d.server.shutdown_timeout,
+        root = q(&d.storage.root),
+        runroot = q(&d.storage.runroot),
+        level = d.log.level,
+        format = d.log.format,
+    )
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn sources(dir: &Path) -> Sources {
+        Sources::new(Some(dir.join("sluice.toml")), None)
+    }
+
+    #[test]
+    fn default_text_parses_to_the_default_config_with_every_key() {
+        let text = render_default();
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        let expected = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(
+            parsed, expected,
+            "every key of Config must be in the default text"
+        );
+        let cfg: Config = toml::from_str(&text).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn every_key_in_the_default_text_has_a_comment_above_it() {
+        let text = render_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains(" = ") && !l.starts_with('#') {
+                assert!(
+                    i > 0 && lines[i - 1].starts_with('#'),
+                    "key line {l:?} has no comment above it"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn repository_copy_matches_sluice_config_output() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/sluice.toml");
+        let text = std::fs::read_to_string(&repo).unwrap();
+        assert_eq!(
+            text,
+            render_default(),
+            "config/sluice.toml is stale: regenerate it with `cargo run -p sluice -- config > config/sluice.toml`"
+        );
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_a_named_one_is_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sources {
+            file: dir.path().join("absent.toml"),
+            file_required: false,
+            dropin_dir: dir.path().join("none.d"),
+        };
+        let loaded = load(&s, &Overrides::default()).unwrap();
+        assert_eq!(loaded.config, Config::default());
+        assert!(loaded.files.is_empty());
+
+        let err = load(&sources(dir.path()), &Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn dropins_override_in_lexical_order_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "sluice.toml",
+            "[log]\nlevel = \"debug\"\nformat = \"json\"\n",
+        );
+        std::fs::create_dir(dir.path().join("sluice.d")).unwrap();
+        write(
+            &dir.path().join("sluice.d"),
+            "20-b.toml",
+            "[log]\nlevel = \"error\"\n",
+        );
+        write(
+            &dir.path().join("sluice.d"),
+            "10-a.toml",
+            "[log]\nlevel = \"warn\"\n",
+        );
+        write(&dir.path().join("sluice.d"), "ignored.conf", "garbage");
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.log.level, LogLevel::Error);
+        assert_eq!(
+            loaded.config.log.format,
+            LogFormat::Json,
+            "untouched keys survive a drop-in"
+        );
+        assert_eq!(loaded.files.len(), 3);
+
+        let o = Overrides {
+            log_level: Some("trace".into()),
+            listen: Some("/tmp/x.sock".into()),
+            ..Default::default()
+        };
+        let loaded = load(&sources(dir.path()), &o).unwrap();
+        assert_eq!(loaded.config.log.level, LogLevel::Trace);
+        assert_eq!(loaded.config.server.listen, PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_full_key_and_allowed_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "sluice.toml",
+            "[server]\nlisten = \"/run/x.sock\"\nlisen = 1\n",
+        );
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sluice.toml"), "{err}");
+        assert!(err.contains("`server.lisen`"), "{err}");
+        assert!(err.contains("listen, shutdown_timeout"), "{err}");
+
+        write(dir.path(), "sluice.toml", "[serverr]\n");
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`serverr`") && err.contains("log, server, storage"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_what_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "sluice.toml", "[log]\nlevel = \"loud\"\n");
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sluice.toml") && err.contains("`log.level`"),
+            "{err}"
+        );
+        assert!(err.contains("trace, debug, info, warn, error"), "{err}");
+
+        write(
+            dir.path(),
+            "sluice.toml",
+            "[server]\nshutdown_timeout = \"ten\"\n",
+        );
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`server.shutdown_timeout`") && err.contains("ms, s, m or h"),
+            "{err}"
+        );
+
+        write(dir.path(), "sluice.toml", "[server]\nlisten = 5\n");
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`server.listen`") && err.contains("integer"),
+            "{err}"
+        );
+
+        std::fs::create_dir(dir.path().join("sluice.d")).unwrap();
+        write(dir.path(), "sluice.toml", "");
+        write(
+            &dir.path().join("sluice.d"),
+            "50-x.toml",
+            "[storage]\nroot = \"relative/dir\"\n",
+        );
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("50-x.toml") && err.contains("`storage.root`"),
+            "{err}"
+        );
+        assert!(err.contains("absolute path"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "sluice.toml", "[server\n");
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sluice.toml") && err.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for s in ["500ms", "30s", "2m", "4h", "90s", "0s"] {
+            assert_eq!(s.parse::<Dur>().unwrap().to_string(), s);
+        }
+        assert_eq!("120s".parse::<Dur>().unwrap().to_string(), "2m");
+        for bad in ["", "5", "s", "1d", "-1s", "1.5s"] {
+            assert!(bad.parse::<Dur>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Privileged setup and serving: state directories, the single-instance lock, the CRI socket,
+//! the tokio runtime, and a bounded graceful drain on SIGTERM/SIGINT.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{Mode, umask};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+
+/// Socket mode: root and the socket's group may talk CRI; nobody else (CRI is node-root power).
+const SOCKET_MODE: u32 = 0o660;
+
+/// The claimed CRI endpoint: the lock that makes this process the socket's only owner, and the
+/// bound listener. Dropping it (after serving) removes the socket and the lock file.
+struct Endpoint {
+    socket: PathBuf,
+    lock_path: PathBuf,
+    _lock: Flock<File>,
+    listener: Option<StdUnixListener>,
+}
+
+impl Endpoint {
+    /// Takes `<socket>.lock` (non-blocking flock: a live sluice holds it for its whole life and
+    /// the kernel drops it when that process dies, even by `kill -9`), then replaces a stale
+    /// socket file and binds.
+    fn claim(socket: &Path) -> anyhow::Result<Self> {
+        let dir = socket
+            .parent()
+            .context("server.listen has no parent directory")?;
+        create_dir(dir, 0o711)?;
+
+        let lock_path = PathBuf::from(format!("{}.lock", socket.display()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&lock_path)
+            .with_context(|| format!("opening lock file {}", lock_path.display()))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = fs::read_to_string(&lock_path).unwrap_or_default();
+                bail!(
+                    "another sluice (pid {}) is already serving {}; refusing to start a second instance",
+                    holder.trim(),
+                    socket.display()
+                );
+            }
+            Err((_, e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+            }
+        };
+        lock.set_len(0)
+            .and_then(|()| write!(*lock, "{}", std::process::id()))
+            .with_context(|| format!("writing pid to {}", lock_path.display()))?;
+
+        // We hold the lock, so whatever socket file exists is left over from a crash.
+        match fs::symlink_metadata(socket) {
+            Ok(m) if m.file_type().is_socket() => {
+                tracing::warn!(socket = %socket.display(), "replacing stale socket left by a previous sluice");
+                fs::remove_file(socket)
+                    .with_context(|| format!("removing stale socket {}", socket.display()))?;
+            }
+            Ok(_) => bail!(
+                "{} exists and is not a socket; refusing to replace it (check server.listen)",
+                socket.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", socket.display())),
+        }
+
+        // Bind with a umask that already yields 0660, so the socket is never briefly
+        // world-connectable; we are still single-threaded here, so the process-wide umask is
+        // safe to flip. chmod afterwards makes the mode exact whatever the inherited umask.
+        let old = umask(Mode::from_bits_truncate(0o117));
+        let bound = StdUnixListener::bind(socket);
+        umask(old);
+        let listener = bound.with_context(|| format!("binding {}", socket.display()))?;
+        fs::set_permissions(socket, fs::Permissions::from_mode(SOCKET_MODE))
+            .with_context(|| format!("chmod {}", socket.display()))?;
+        listener
+            .set_nonblocking(true)
+            .context("making the CRI socket non-blocking")?;
+
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            lock_path,
+            _lock: lock,
+            listener: Some(listener),
+        })
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // Socket first: once it is gone no client can reach a dying daemon. The lock file goes
+        // while we still hold the lock, so no new instance can be racing on this path.
+        for path in [&self.socket, &self.lock_path] {
+            if let Err(e) = fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cleanup failed");
+            }
+        }
+    }
+}
+
+/// Creates `dir` (and parents) with `mode` if missing; an existing directory keeps its mode.
+fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))
+}
+
+/// Runs the daemon until a shutdown signal, then drains and cleans up.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    create_dir(&config.storage.root, 0o700)?;
+    create_dir(&config.storage.runroot, 0o711)?;
+    let mut endpoint = Endpoint::claim(&config.server.listen)?;
+    let listener = endpoint.listener.take().context("listener already taken")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-worker")
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = runtime.block_on(serve(config, listener));
+    // Let in-flight blocking work finish briefly, then remove the socket and lock (Endpoint drop).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    drop(endpoint);
+    tracing::info!("sluice stopped");
+    result
+}
+
+async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::UnixListener::from_std(listener).context("registering the CRI socket")?;
+    let info = server::RuntimeInfo {
+        name: "sluice".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_json: serde_json::to_string(&config).context("encoding the effective config")?,
+    };
+    let runtime = server::RuntimeSvc::new(info, Arc::new(server::NoNetwork));
+    let images = server::ImageSvc::new();
+
+    let (fired_tx, mut fired_rx) = watch::channel(false);
+    let shutdown = async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(
+            signal,
+            "shutting down: refusing new connections, draining in-flight calls"
+        );
+        let _ = fired_tx.send(true);
+    };
+
+    tracing::info!(socket = %config.server.listen.display(), "serving CRI v1");
+    let server = tonic::transport::Server::builder()
+        .add_service(server::runtime_service(runtime))
+        .add_service(server::image_service(images))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    tokio::pin!(server);
+
+    let timeout = config.server.shutdown_timeout;
+    let drain_deadline = async move {
+        if fired_rx.wait_for(|fired| *fired).await.is_ok() {
+            tokio::time::sleep(timeout.0).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        res = &mut server => res.context("serving the CRI socket")?,
+        () = drain_deadline => {
+            tracing::warn!(%timeout, "in-flight calls did not finish in time; exiting anyway");
+        }
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT and returns its name.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; only SIGKILL will stop this daemon");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

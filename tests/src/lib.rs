@@ -1,0 +1,275 @@
+//! End-to-end harness: runs the real `sluice` binary on a temporary socket with temporary state
+//! directories and config, and hands tests a tonic CRI client connected to it.
+//!
+//! The daemon's stderr goes to a file in the temp directory; when a test panics the harness
+//! prints it, so a failure shows what the daemon said. Dropping a [`Daemon`] kills the process
+//! (SIGKILL if it is still running), reaps it, and removes every temp file, on panic too.
+//!
+//! The binary is `$SLUICE_BIN` if set, else `sluice` next to the test executable's `deps/`
+//! directory (what `cargo build` / `cargo nextest run --workspace` produce).
+
+#![allow(clippy::print_stderr)]
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use cri_api::runtime::v1::image_service_client::ImageServiceClient;
+use cri_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How long a daemon may take to create its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Path of the sluice binary under test.
+pub fn sluice_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/sluice
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("sluice"))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "sluice binary not found at {}: build it first (`cargo build -p sluice`) or set SLUICE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Temporary files of one daemon: config, socket, state and log.
+#[derive(Debug)]
+pub struct Layout {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub runroot: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Layout {
+    /// A fresh temp directory with a config that points every path inside it, plus `extra`
+    /// TOML appended (its sections must not repeat `[server]` or `[storage]`).
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let p = dir.path();
+        let layout = Self {
+            config: p.join("sluice.toml"),
+            socket: p.join("sluice.sock"),
+            root: p.join("root"),
+            runroot: p.join("run"),
+            log: p.join("daemon.log"),
+            dir,
+        };
+        let text = format!(
+            "[server]\nlisten = {:?}\nshutdown_timeout = \"5s\"\n\n[storage]\nroot = {:?}\nrunroot = {:?}\n\n{extra}",
+            layout.socket, layout.root, layout.runroot
+        );
+        fs::write(&layout.config, text).expect("write config");
+        layout
+    }
+
+    /// `sluice --config <ours>` with stderr to the log file (appending) and stdin closed.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open daemon log");
+        let mut cmd = Command::new(sluice_bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        cmd
+    }
+
+    pub fn read_log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A running sluice daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    pub layout: Layout,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts a daemon with the default test config and waits for its socket.
+    pub async fn start() -> Self {
+        Self::start_with(Layout::new(""), &[]).await
+    }
+
+    /// Starts a daemon on `layout` with extra CLI args and waits until it accepts CRI calls.
+    pub async fn start_with(layout: Layout, args: &[&str]) -> Self {
+        let child = layout.command(args).spawn().expect("spawn sluice");
+        let mut d = Self {
+            layout,
+            child: Some(child),
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "sluice exited during start-up with {status}; its log:\n{}",
+                    self.layout.read_log()
+                );
+            }
+            if tokio::net::UnixStream::connect(&self.layout.socket)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not create {} within {START_TIMEOUT:?}; its log:\n{}",
+                self.layout.socket.display(),
+                self.layout.read_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the daemon again on the same layout (state, socket path, log), killing the
+    /// current process first if it still runs: what an operator's restart or a crash-and-restart
+    /// looks like.
+    pub async fn restart(&mut self, args: &[&str]) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.child = Some(self.layout.command(args).spawn().expect("spawn sluice"));
+        self.wait_ready().await;
+    }
+
+    pub fn pid(&self) -> Pid {
+        let id = self.child.as_ref().expect("daemon child").id();
+        Pid::from_raw(i32::try_from(id).expect("pid fits i32"))
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal daemon");
+    }
+
+    /// The exit status if the daemon has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(connect(&self.layout.socket).await.expect("connect"))
+    }
+
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(connect(&self.layout.socket).await.expect("connect"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- sluice daemon log ({}) ----\n{}---- end of daemon log ----",
+                self.layout.log.display(),
+                self.layout.read_log()
+            );
+        }
+    }
+}
+
+/// A tonic channel over the unix socket at `path`.
+pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    // The URI is required by tonic but unused: the connector always dials the socket.
+    Endpoint::from_static("http://sluice.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
+/// Runs `sluice` to completion (for start-up failures) and returns its status and output.
+pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> (ExitStatus, String) {
+    let out = tempfile::NamedTempFile::new().expect("temp output");
+    cmd.stdout(out.reopen().expect("reopen"))
+        .stderr(out.reopen().expect("reopen"))
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn sluice");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "sluice did not exit within {timeout:?}; output:\n{}",
+                fs::read_to_string(out.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, fs::read_to_string(out.path()).unwrap_or_default())
+}
+
+/// Copies the binary into a world-readable temp directory, for running it as an unprivileged
+/// user regardless of the permissions of the build tree.
+pub fn world_executable_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.path().join("sluice");
+    fs::copy(sluice_bin(), &bin).expect("copy binary");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    (dir, bin)
+}
