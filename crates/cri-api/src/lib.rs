@@ -39,7 +39,8 @@ pub mod runtime {
 
 /// The compiled `FileDescriptorSet` of the CRI schema (protobuf-encoded), for schema checks and
 /// gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cri_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cri_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {

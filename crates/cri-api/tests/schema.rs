@@ -183,5 +183,7 @@ fn rendering_detects_a_wrong_field_number() {
     msg.field[0].number = Some(99);
     let after = render(&fds);
     assert_ne!(before, after);
-    assert!(after.contains(&"  field runtime.v1.PortMapping.protocol = 99 optional runtime.v1.Protocol".to_string()));
+    assert!(after.contains(
+        &"  field runtime.v1.PortMapping.protocol = 99 optional runtime.v1.Protocol".to_string()
+    ));
 }
