@@ -37,6 +37,9 @@ pub enum Error {
         owner_name: String,
     },
 
+    #[error("invalid host-port configuration `{key}`: {reason}")]
+    InvalidConfig { key: &'static str, reason: String },
+
     #[error("invalid port mapping {mapping:?}: {reason}")]
     InvalidMapping {
         mapping: PortMapping,
@@ -97,7 +100,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            Error::InvalidMapping { .. } => ErrorKind::InvalidArgument,
+            Error::InvalidMapping { .. } | Error::InvalidConfig { .. } => {
+                ErrorKind::InvalidArgument
+            }
             _ => ErrorKind::Internal,
         }
     }

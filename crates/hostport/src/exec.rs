@@ -39,7 +39,11 @@ impl Runner {
     pub fn describe(&self, program: &str, args: &[&str]) -> String {
         let mut s = String::new();
         if let Some(ns) = &self.netns {
-            s.push_str(&format!("{} --net={} -- ", self.nsenter.display(), ns.display()));
+            s.push_str(&format!(
+                "{} --net={} -- ",
+                self.nsenter.display(),
+                ns.display()
+            ));
         }
         s.push_str(program);
         for a in args {

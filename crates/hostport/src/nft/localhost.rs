@@ -51,8 +51,12 @@ struct RouteGet {
     dev: Option<String>,
 }
 
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty() && name.len() < 16 && !name.contains(['/', ' ', '\0']) && name != "." && name != ".."
+pub(crate) fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && !name.contains(['/', ' ', '\0'])
+        && name != "."
+        && name != ".."
 }
 
 pub(crate) struct Localhost<'a> {
@@ -134,7 +138,15 @@ impl Localhost<'_> {
     pub async fn loopback6_route(&self, iface: &str) -> Result<(), Error> {
         let table = self.table.to_string();
         let args = [
-            "-6", "route", "replace", "local", "::1", "dev", iface, "table", table.as_str(),
+            "-6",
+            "route",
+            "replace",
+            "local",
+            "::1",
+            "dev",
+            iface,
+            "table",
+            table.as_str(),
         ];
         self.runner.run_ok(self.ip, &args, None).await.map(drop)
     }
@@ -144,13 +156,25 @@ impl Localhost<'_> {
         let table = self.table.to_string();
         let out = self
             .runner
-            .run_ok(self.ip, &["-6", "rule", "show", "priority", table.as_str()], None)
+            .run_ok(
+                self.ip,
+                &["-6", "rule", "show", "priority", table.as_str()],
+                None,
+            )
             .await?;
         if out.stdout_lossy().contains("::1") {
             return Ok(());
         }
         let args = [
-            "-6", "rule", "add", "to", "::1", "lookup", table.as_str(), "priority", table.as_str(),
+            "-6",
+            "rule",
+            "add",
+            "to",
+            "::1",
+            "lookup",
+            table.as_str(),
+            "priority",
+            table.as_str(),
         ];
         self.runner.run_ok(self.ip, &args, None).await.map(drop)
     }

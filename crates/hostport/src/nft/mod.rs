@@ -42,8 +42,8 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-pub use localhost::LocalhostAccess;
 use localhost::Localhost;
+pub use localhost::LocalhostAccess;
 use readback::TableState;
 use ruleset::{Element, Owner, PortKey, Verb};
 
@@ -243,11 +243,7 @@ fn collides(a: &PortKey, b: &PortKey) -> bool {
     a.0 == b.0 && a.2 == b.2 && a.3 == b.3 && (a.1.is_none() || b.1.is_none() || a.1 == b.1)
 }
 
-fn conflict(
-    index: &Index,
-    owner_id: &str,
-    elems: &[Element],
-) -> Result<(), Error> {
+fn conflict(index: &Index, owner_id: &str, elems: &[Element]) -> Result<(), Error> {
     let wanted: Vec<PortKey> = elems.iter().filter_map(Element::port_key).collect();
     if wanted.is_empty() {
         return Ok(());
@@ -272,18 +268,54 @@ fn conflict(
     Ok(())
 }
 
+impl NftConfig {
+    /// Checks what would otherwise only fail later inside an nft script or a sysctl path.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |key, reason: &str| {
+            Err(Error::InvalidConfig {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        // nft identifiers: a letter, then letters, digits, `-`, `_`, `.`.
+        let mut chars = self.table.chars();
+        if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || self.table.len() > 64
+        {
+            return bad("table", "must be a letter followed by letters, digits, '-', '_' or '.' (at most 64)");
+        }
+        // 0 and 253..=255 are the kernel's unspec/default/main/local tables; rule
+        // priorities must sort after `local` (0) and before `main` (32766).
+        if !(1..=32765).contains(&self.loopback6_table) || (253..=255).contains(&self.loopback6_table) {
+            return bad("loopback6_table", "must be in 1..=32765 and not 253, 254 or 255");
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "must be positive");
+        }
+        if let LocalhostAccess::Interfaces(names) = &self.localhost {
+            if let Some(n) = names.iter().find(|n| !localhost::valid_ifname(n)) {
+                return bad("localhost", &format!("invalid interface name {n:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl NftHostPortManager {
-    pub fn new(config: NftConfig) -> Self {
+    /// A manager for `config` (validated). Touches nothing until the first call.
+    pub fn new(config: NftConfig) -> Result<Self, Error> {
+        config.validate()?;
         let runner = Runner {
             netns: config.netns.clone(),
             nsenter: config.nsenter.clone(),
             timeout: config.timeout,
         };
-        NftHostPortManager {
+        Ok(NftHostPortManager {
             config,
             runner,
             state: Mutex::new(State::default()),
-        }
+        })
     }
 
     pub fn config(&self) -> &NftConfig {
@@ -360,7 +392,12 @@ impl NftHostPortManager {
                     (
                         p.owner.id.clone(),
                         p.owner.name.clone(),
-                        format!("{} {} {}", e.family().nft(), e.container(), e.with_comment(&p.owner)),
+                        format!(
+                            "{} {} {}",
+                            e.family().nft(),
+                            e.container(),
+                            e.with_comment(&p.owner)
+                        ),
                     )
                 })
             })
@@ -440,7 +477,12 @@ impl NftHostPortManager {
         if self.config.localhost == LocalhostAccess::Disabled {
             return Ok(());
         }
-        let ips: Vec<IpAddr> = elems.iter().filter_map(Element::ip_key).collect::<BTreeSet<_>>().into_iter().collect();
+        let ips: Vec<IpAddr> = elems
+            .iter()
+            .filter_map(Element::ip_key)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let lh = Localhost {
             runner: &self.runner,
             ip: &self.config.ip,
@@ -462,12 +504,7 @@ impl NftHostPortManager {
         Ok(())
     }
 
-    async fn try_add(
-        &self,
-        st: &mut State,
-        owner: &Owner,
-        new: &[Element],
-    ) -> Result<bool, Error> {
+    async fn try_add(&self, st: &mut State, owner: &Owner, new: &[Element]) -> Result<bool, Error> {
         let (idx, fresh) = self.ensure_index(st).await?;
         conflict(idx, &owner.id, new)?;
         let old: Vec<Element> = idx
@@ -475,9 +512,11 @@ impl NftHostPortManager {
             .get(&owner.id)
             .map(|p| p.elems.clone())
             .unwrap_or_default();
-        if old == new && FAMILIES.iter().all(|f| {
-            idx.intact[fam_idx(*f)] || !new.iter().any(|e| e.family() == *f)
-        }) {
+        if old == new
+            && FAMILIES
+                .iter()
+                .all(|f| idx.intact[fam_idx(*f)] || !new.iter().any(|e| e.family() == *f))
+        {
             return Ok(fresh);
         }
         // IP-keyed elements of other owners with one of our IPs: a dead pod's leftovers.
@@ -565,7 +604,15 @@ impl NftHostPortManager {
         for (family, host_ip, port) in targets {
             let port = port.to_string();
             let host = host_ip.map(|h| h.to_string());
-            let mut args = vec!["-D", "-f", family.conntrack(), "-p", "udp", "--orig-port-dst", port.as_str()];
+            let mut args = vec![
+                "-D",
+                "-f",
+                family.conntrack(),
+                "-p",
+                "udp",
+                "--orig-port-dst",
+                port.as_str(),
+            ];
             if let Some(h) = &host {
                 args.extend(["--orig-dst", h.as_str()]);
             }
@@ -578,7 +625,9 @@ impl NftHostPortManager {
                     status = %o.status, stderr = %o.stderr,
                     "could not delete stale UDP conntrack entries"
                 ),
-                Err(error) => tracing::warn!(%error, "could not delete stale UDP conntrack entries"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete stale UDP conntrack entries")
+                }
             }
         }
     }
@@ -721,7 +770,12 @@ impl HostPortManager for NftHostPortManager {
 mod tests {
     use super::*;
 
-    fn m(protocol: Protocol, host_port: u16, container_port: u16, host_ip: Option<&str>) -> PortMapping {
+    fn m(
+        protocol: Protocol,
+        host_port: u16,
+        container_port: u16,
+        host_ip: Option<&str>,
+    ) -> PortMapping {
         PortMapping {
             protocol,
             container_port,
@@ -732,7 +786,10 @@ mod tests {
 
     #[test]
     fn elements_follow_the_pod_ip_family() {
-        let ips: Vec<IpAddr> = vec!["10.0.0.2".parse().expect("ip"), "fd00::2".parse().expect("ip")];
+        let ips: Vec<IpAddr> = vec![
+            "10.0.0.2".parse().expect("ip"),
+            "fd00::2".parse().expect("ip"),
+        ];
         let e = pod_elements(
             &ips,
             &[
@@ -754,20 +811,36 @@ mod tests {
         let ips: Vec<IpAddr> = vec!["10.0.0.2".parse().expect("ip")];
         assert!(pod_elements(&ips, &[m(Protocol::Tcp, 80, 0, None)]).is_err());
         assert!(
-            pod_elements(&ips, &[m(Protocol::Tcp, 80, 1, None), m(Protocol::Tcp, 80, 2, None)])
-                .is_err()
+            pod_elements(
+                &ips,
+                &[m(Protocol::Tcp, 80, 1, None), m(Protocol::Tcp, 80, 2, None)]
+            )
+            .is_err()
         );
         assert!(
-            pod_elements(&ips, &[m(Protocol::Tcp, 80, 1, None), m(Protocol::Udp, 80, 2, None)])
-                .is_ok()
+            pod_elements(
+                &ips,
+                &[m(Protocol::Tcp, 80, 1, None), m(Protocol::Udp, 80, 2, None)]
+            )
+            .is_ok()
         );
     }
 
     #[test]
     fn wildcard_and_specific_host_ip_collide() {
         let any: PortKey = (Family::V4, None, Protocol::Tcp, 80);
-        let one: PortKey = (Family::V4, Some("192.0.2.1".parse().expect("ip")), Protocol::Tcp, 80);
-        let two: PortKey = (Family::V4, Some("192.0.2.2".parse().expect("ip")), Protocol::Tcp, 80);
+        let one: PortKey = (
+            Family::V4,
+            Some("192.0.2.1".parse().expect("ip")),
+            Protocol::Tcp,
+            80,
+        );
+        let two: PortKey = (
+            Family::V4,
+            Some("192.0.2.2".parse().expect("ip")),
+            Protocol::Tcp,
+            80,
+        );
         assert!(collides(&any, &one));
         assert!(!collides(&one, &two));
         assert!(!collides(&any, &(Family::V4, None, Protocol::Udp, 80)));

@@ -83,7 +83,9 @@ pub(crate) fn parse_table(json: &str, family: Family) -> Result<TableState, Stri
             (None, Some(s)) => (s, false),
             (None, None) => continue,
         };
-        if ![MAP_HOST_IP_PORTS, MAP_HOST_PORTS, SET_HAIRPINS, SET_POD_IPS].contains(&set.name.as_str()) {
+        if ![MAP_HOST_IP_PORTS, MAP_HOST_PORTS, SET_HAIRPINS, SET_POD_IPS]
+            .contains(&set.name.as_str())
+        {
             continue;
         }
         sets_seen += 1;
@@ -216,7 +218,10 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(st.elements[2].owner.id, "", "uncommented element has no owner");
+        assert_eq!(
+            st.elements[2].owner.id, "",
+            "uncommented element has no owner"
+        );
         assert!(matches!(st.elements[4].elem, Element::PodIp { .. }));
     }
 }

@@ -275,7 +275,9 @@ pub(crate) fn push_elements<'a>(
         let (family, container) = (items[i].1.family(), items[i].1.container());
         let mut j = i;
         let mut parts = Vec::new();
-        while j < items.len() && items[j].1.family() == family && items[j].1.container() == container
+        while j < items.len()
+            && items[j].1.family() == family
+            && items[j].1.container() == container
         {
             let (owner, elem) = items[j];
             parts.push(match verb {
@@ -308,7 +310,10 @@ pub(crate) fn push_table_rebuild(out: &mut String, family: Family, table: &str) 
     let _ = writeln!(out, "add table {f} {table}");
     let _ = writeln!(out, "delete table {f} {table}");
     let _ = writeln!(out, "table {f} {table} {{");
-    let _ = writeln!(out, "\tcomment \"sluice pod host ports; managed by sluice, do not edit\"");
+    let _ = writeln!(
+        out,
+        "\tcomment \"sluice pod host ports; managed by sluice, do not edit\""
+    );
 
     // map hostipports { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
     let _ = writeln!(

@@ -106,30 +106,128 @@ impl Node {
         let x = node.ext.clone();
         ns_sh(&n, &["ip", "link", "set", "lo", "up"]);
         ns_sh(&x, &["ip", "link", "set", "lo", "up"]);
-        ns_sh(&n, &["ip", "link", "add", "node0", "type", "veth", "peer", "name", "eth0", "netns", &x]);
+        ns_sh(
+            &n,
+            &[
+                "ip", "link", "add", "node0", "type", "veth", "peer", "name", "eth0", "netns", &x,
+            ],
+        );
         ns_sh(&n, &["ip", "link", "set", "node0", "up"]);
-        ns_sh(&n, &["ip", "addr", "add", "198.51.100.1/24", "dev", "node0"]);
-        ns_sh(&n, &["ip", "addr", "add", "198.51.100.2/24", "dev", "node0"]);
-        ns_sh(&n, &["ip", "addr", "add", "fd5e::1/64", "dev", "node0", "nodad"]);
+        ns_sh(
+            &n,
+            &["ip", "addr", "add", "198.51.100.1/24", "dev", "node0"],
+        );
+        ns_sh(
+            &n,
+            &["ip", "addr", "add", "198.51.100.2/24", "dev", "node0"],
+        );
+        ns_sh(
+            &n,
+            &["ip", "addr", "add", "fd5e::1/64", "dev", "node0", "nodad"],
+        );
         ns_sh(&x, &["ip", "link", "set", "eth0", "up"]);
-        ns_sh(&x, &["ip", "addr", "add", "198.51.100.100/24", "dev", "eth0"]);
-        ns_sh(&x, &["ip", "addr", "add", "fd5e::100/64", "dev", "eth0", "nodad"]);
-        ns_sh(&n, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+        ns_sh(
+            &x,
+            &["ip", "addr", "add", "198.51.100.100/24", "dev", "eth0"],
+        );
+        ns_sh(
+            &x,
+            &["ip", "addr", "add", "fd5e::100/64", "dev", "eth0", "nodad"],
+        );
+        ns_sh(
+            &n,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        );
         for i in 1..=npods {
             let p = format!("{id}-p{i}");
             sh(&["ip", "netns", "add", &p]);
             node.created.push(p.clone());
             let host_if = format!("veth{i}");
-            ns_sh(&n, &["ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &p]);
+            ns_sh(
+                &n,
+                &[
+                    "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                    &p,
+                ],
+            );
             ns_sh(&n, &["ip", "link", "set", &host_if, "up"]);
-            ns_sh(&n, &["ip", "addr", "add", &format!("10.88.{i}.1/24"), "dev", &host_if]);
-            ns_sh(&n, &["ip", "addr", "add", &format!("fd88:{i}::1/64"), "dev", &host_if, "nodad"]);
+            ns_sh(
+                &n,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.88.{i}.1/24"),
+                    "dev",
+                    &host_if,
+                ],
+            );
+            ns_sh(
+                &n,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("fd88:{i}::1/64"),
+                    "dev",
+                    &host_if,
+                    "nodad",
+                ],
+            );
             ns_sh(&p, &["ip", "link", "set", "lo", "up"]);
             ns_sh(&p, &["ip", "link", "set", "eth0", "up"]);
-            ns_sh(&p, &["ip", "addr", "add", &format!("10.88.{i}.2/24"), "dev", "eth0"]);
-            ns_sh(&p, &["ip", "addr", "add", &format!("fd88:{i}::2/64"), "dev", "eth0", "nodad"]);
-            ns_sh(&p, &["ip", "route", "add", "default", "via", &format!("10.88.{i}.1")]);
-            ns_sh(&p, &["ip", "-6", "route", "add", "default", "via", &format!("fd88:{i}::1")]);
+            ns_sh(
+                &p,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.88.{i}.2/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            ns_sh(
+                &p,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("fd88:{i}::2/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+            ns_sh(
+                &p,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.88.{i}.1"),
+                ],
+            );
+            ns_sh(
+                &p,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("fd88:{i}::1"),
+                ],
+            );
             node.pods.push(Pod {
                 ns: p,
                 v4: format!("10.88.{i}.2").parse().unwrap(),
@@ -153,7 +251,7 @@ impl Node {
     }
 
     pub fn manager(&self) -> NftHostPortManager {
-        NftHostPortManager::new(self.config())
+        NftHostPortManager::new(self.config()).unwrap()
     }
 
     /// Runs a command inside the node namespace and returns stdout.
@@ -230,7 +328,16 @@ pub struct Server(Child);
 impl Server {
     pub fn start(ns: &str, port: u16, label: &str) -> Server {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", SERVER, &port.to_string(), label])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "python3",
+                "-c",
+                SERVER,
+                &port.to_string(),
+                label,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -256,14 +363,35 @@ pub fn connect(ns: &str, host: &str, port: u16, proto: &str) -> Result<String, S
 }
 
 /// Like [`connect`], from a fixed UDP source port (0: any).
-pub fn connect_from(ns: &str, host: &str, port: u16, proto: &str, sport: u16) -> Result<String, String> {
+pub fn connect_from(
+    ns: &str,
+    host: &str,
+    port: u16,
+    proto: &str,
+    sport: u16,
+) -> Result<String, String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "python3", "-c", CLIENT, host, &port.to_string(), proto, &sport.to_string()])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "python3",
+            "-c",
+            CLIENT,
+            host,
+            &port.to_string(),
+            proto,
+            &sport.to_string(),
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("spawn python3 client");
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if out.status.success() { Ok(text) } else { Err(text) }
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 pub fn tcp(host_port: u16, container_port: u16) -> PortMapping {
