@@ -52,15 +52,20 @@ pub fn sluice_bin() -> PathBuf {
 pub struct Layout {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Drop-in directory next to the config (`sluice.d`).
+    pub dropins: PathBuf,
     pub socket: PathBuf,
     pub root: PathBuf,
     pub runroot: PathBuf,
+    /// The CNI config directory the daemon watches (starts empty).
+    pub cni_dir: PathBuf,
     pub log: PathBuf,
 }
 
 impl Layout {
-    /// A fresh temp directory with a config that points every path inside it, plus `extra`
-    /// TOML appended (its sections must not repeat `[server]` or `[storage]`).
+    /// A fresh temp directory with a config that points every path inside it (so a test never
+    /// reads the host's `/etc/cni/net.d`), plus `extra` TOML as the drop-in `50-test.toml`,
+    /// which may set any section.
     pub fn new(extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sluice-e2e-")
@@ -69,17 +74,24 @@ impl Layout {
         let p = dir.path();
         let layout = Self {
             config: p.join("sluice.toml"),
+            dropins: p.join("sluice.d"),
             socket: p.join("sluice.sock"),
             root: p.join("root"),
             runroot: p.join("run"),
+            cni_dir: p.join("net.d"),
             log: p.join("daemon.log"),
             dir,
         };
         let text = format!(
-            "[server]\nlisten = {:?}\nshutdown_timeout = \"5s\"\n\n[storage]\nroot = {:?}\nrunroot = {:?}\n\n{extra}",
-            layout.socket, layout.root, layout.runroot
+            "[server]\nlisten = {:?}\nshutdown_timeout = \"5s\"\n\n[storage]\nroot = {:?}\nrunroot = {:?}\n\n[network]\nnetwork_dir = {:?}\n",
+            layout.socket, layout.root, layout.runroot, layout.cni_dir
         );
         fs::write(&layout.config, text).expect("write config");
+        fs::create_dir(&layout.cni_dir).expect("cni dir");
+        fs::create_dir(&layout.dropins).expect("drop-in dir");
+        if !extra.is_empty() {
+            fs::write(layout.dropins.join("50-test.toml"), extra).expect("write drop-in");
+        }
         layout
     }
 
@@ -166,6 +178,22 @@ impl Daemon {
         }
         self.child = Some(self.layout.command(args).spawn().expect("spawn sluice"));
         self.wait_ready().await;
+    }
+
+    /// Waits up to 10 s for a log line containing `needle` and returns it.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.layout.read_log().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line containing {needle:?}; the log:\n{}",
+                self.layout.read_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pid(&self) -> Pid {

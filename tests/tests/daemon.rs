@@ -48,9 +48,12 @@ async fn status_reports_runtime_ready_and_network_not_ready_with_reason() {
     let get = |t: &str| conds.iter().find(|c| c.r#type == t).cloned().unwrap();
     assert!(get("RuntimeReady").status);
     let net = get("NetworkReady");
-    assert!(!net.status, "no CNI manager exists yet: {net:?}");
+    assert!(!net.status, "the CNI dir is empty: {net:?}");
     assert_eq!(net.reason, "NetworkPluginNotReady");
-    assert!(!net.message.is_empty());
+    assert!(
+        net.message.contains(d.layout.cni_dir.to_str().unwrap()),
+        "the message says where no config was found: {net:?}"
+    );
     assert!(s.info.is_empty(), "info only when verbose");
 }
 
@@ -141,7 +144,7 @@ fn bad_config_exits_64_naming_file_and_key() {
     let layout = Layout::new("[log]\nlevel = \"loud\"\n");
     let (status, out) = run_to_exit(layout.command(&[]), EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(64), "{out}");
-    assert!(out.contains("sluice.toml"), "{out}");
+    assert!(out.contains("sluice.d/50-test.toml"), "{out}");
     assert!(out.contains("`log.level`"), "{out}");
     assert!(out.contains("trace, debug, info, warn, error"), "{out}");
     assert!(
@@ -152,7 +155,9 @@ fn bad_config_exits_64_naming_file_and_key() {
     let layout = Layout::new("[network]\nfoo = 1\n");
     let (status, out) = run_to_exit(layout.command(&[]), EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(64), "{out}");
-    assert!(out.contains("unknown key `network`"), "{out}");
+    assert!(out.contains("50-test.toml"), "the drop-in is named: {out}");
+    assert!(out.contains("unknown key `network.foo`"), "{out}");
+    assert!(out.contains("network_dir, plugin_dirs"), "{out}");
 }
 
 #[test]
@@ -261,7 +266,7 @@ async fn stale_socket_from_a_crash_is_replaced() {
         .version(VersionRequest::default())
         .await
         .unwrap();
-    assert!(first.layout.read_log().contains("replacing stale socket"));
+    first.wait_for_log("replacing stale socket").await;
 }
 
 #[test]
@@ -277,9 +282,8 @@ fn refuses_to_replace_a_non_socket_file() {
 #[tokio::test]
 async fn json_log_format_writes_json_lines() {
     let d = Daemon::start_with(Layout::new(""), &["--log-format", "json"]).await;
-    let log = d.layout.read_log();
-    let line = log.lines().find(|l| l.contains("serving CRI v1")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let line = d.wait_for_log("serving CRI v1").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["level"], "INFO");
 }
 
@@ -295,4 +299,81 @@ fn config_subcommand_prints_the_repository_default() {
     )
     .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), repo);
+}
+
+/// NetworkReady as the kubelet polls it, for a given CNI dir content.
+async fn network_ready(d: &Daemon) -> cri_api::runtime::v1::RuntimeCondition {
+    let s = d
+        .runtime()
+        .await
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    s.status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap()
+}
+
+async fn wait_network_ready(d: &Daemon, want: bool) -> cri_api::runtime::v1::RuntimeCondition {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = network_ready(d).await;
+        if c.status == want || std::time::Instant::now() > deadline {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const BRIDGE_CONFLIST: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "e2e-net",
+  "plugins": [
+    {"type": "bridge", "bridge": "slce2e0", "isGateway": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.231.0.0/24"}]]}},
+    {"type": "loopback"}
+  ]
+}"#;
+
+#[tokio::test]
+async fn network_ready_follows_the_watched_cni_directory() {
+    let d = Daemon::start().await;
+    assert!(!network_ready(&d).await.status);
+
+    // Debian's reference plugins (containernetworking-plugins) provide bridge and loopback.
+    let file = d.layout.cni_dir.join("10-e2e.conflist");
+    std::fs::write(&file, BRIDGE_CONFLIST).unwrap();
+    let c = wait_network_ready(&d, true).await;
+    assert!(
+        c.status,
+        "a valid config with present plugins makes the network ready: {c:?}"
+    );
+    assert!(c.reason.is_empty());
+
+    std::fs::remove_file(&file).unwrap();
+    let c = wait_network_ready(&d, false).await;
+    assert!(
+        !c.status,
+        "removing the config makes it not ready again: {c:?}"
+    );
+    assert_eq!(c.reason, "NetworkPluginNotReady");
+}
+
+#[tokio::test]
+async fn network_not_ready_names_a_missing_plugin() {
+    let layout = Layout::new("");
+    std::fs::write(
+        layout.cni_dir.join("10-e2e.conflist"),
+        BRIDGE_CONFLIST.replace("\"loopback\"", "\"no-such-plugin\""),
+    )
+    .unwrap();
+    let d = Daemon::start_with(layout, &[]).await;
+    let c = network_ready(&d).await;
+    assert!(!c.status);
+    assert_eq!(c.reason, "NetworkPluginNotReady");
+    assert!(c.message.contains("no-such-plugin"), "{c:?}");
 }

@@ -47,17 +47,20 @@ pub struct NetworkReadiness {
     pub message: String,
 }
 
-/// Where `Status` learns whether pod networking is ready; the CNI manager implements it.
+/// Where `Status` learns whether pod networking is ready; the CNI manager implements it
+/// (asynchronously: CNI 1.1.0 networks answer through a STATUS plugin call).
+#[tonic::async_trait]
 pub trait NetworkStatus: Send + Sync + 'static {
-    fn readiness(&self) -> NetworkReadiness;
+    async fn readiness(&self) -> NetworkReadiness;
 }
 
 /// No network manager is wired in: pod networking is honestly not ready.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoNetwork;
 
+#[tonic::async_trait]
 impl NetworkStatus for NoNetwork {
-    fn readiness(&self) -> NetworkReadiness {
+    async fn readiness(&self) -> NetworkReadiness {
         NetworkReadiness {
             ready: false,
             reason: NETWORK_PLUGIN_NOT_READY.to_string(),
@@ -123,7 +126,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let net = self.network.readiness();
+        let net = self.network.readiness().await;
         let conditions = vec![
             RuntimeCondition {
                 r#type: RUNTIME_READY.to_string(),

@@ -27,6 +27,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub network: NetworkConfig,
 }
 
 /// `[server]`: the CRI endpoint.
@@ -59,6 +60,30 @@ impl Default for StorageConfig {
         Self {
             root: PathBuf::from("/var/lib/sluice"),
             runroot: PathBuf::from("/run/sluice"),
+        }
+    }
+}
+
+/// `[network]`: pod networking through CNI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub network_dir: PathBuf,
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Empty: the first valid config file in lexical order.
+    pub default_network: String,
+    pub cni_add_timeout: Dur,
+    pub cni_del_timeout: Dur,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            network_dir: PathBuf::from("/etc/cni/net.d"),
+            plugin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            default_network: String::new(),
+            cni_add_timeout: Dur(Duration::from_secs(120)),
+            cni_del_timeout: Dur(Duration::from_secs(60)),
         }
     }
 }
@@ -446,6 +471,24 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
     absolute("server.listen", &config.server.listen)?;
     absolute("storage.root", &config.storage.root)?;
     absolute("storage.runroot", &config.storage.runroot)?;
+    absolute("network.network_dir", &config.network.network_dir)?;
+    if config.network.plugin_dirs.is_empty() {
+        return Err(invalid(
+            "network.plugin_dirs",
+            "must list at least one directory".to_string(),
+        ));
+    }
+    for dir in &config.network.plugin_dirs {
+        absolute("network.plugin_dirs", dir)?;
+    }
+    for (key, t) in [
+        ("network.cni_add_timeout", config.network.cni_add_timeout),
+        ("network.cni_del_timeout", config.network.cni_del_timeout),
+    ] {
+        if t.0.is_zero() {
+            return Err(invalid(key, "must be longer than 0s".to_string()));
+        }
+    }
     // sockaddr_un.sun_path is 108 bytes including the terminating NUL (unix(7)).
     let len = config.server.listen.as_os_str().len();
     if len > 107 {
@@ -501,6 +544,20 @@ runroot = {runroot}
 level = "{level}"
 # Log line format on stderr: "text" for people, "json" for log shippers. Flag: --log-format.
 format = "{format}"
+
+[network]
+# Directory of CNI network configs (*.conflist, *.conf, *.json), read in lexical order and
+# watched: adding, changing or removing a file takes effect without a restart.
+network_dir = {network_dir}
+# Directories searched for CNI plugin binaries, in order (also passed as CNI_PATH).
+plugin_dirs = [{plugin_dirs}]
+# Name of the network pods join; empty means the first valid file in network_dir. NetworkReady
+# in CRI Status stays false until this network is loaded and all its plugins exist.
+default_network = "{default_network}"
+# Time limit for each plugin's ADD (and CHECK) call; an overrunning plugin is killed.
+cni_add_timeout = "{add_timeout}"
+# Time limit for each plugin's DEL (and GC) call.
+cni_del_timeout = "{del_timeout}"
 "#,
         listen = q(&d.server.listen),
         shutdown = d.server.shutdown_timeout,
@@ -508,6 +565,17 @@ format = "{format}"
         runroot = q(&d.storage.runroot),
         level = d.log.level,
         format = d.log.format,
+        network_dir = q(&d.network.network_dir),
+        plugin_dirs = d
+            .network
+            .plugin_dirs
+            .iter()
+            .map(|p| q(p))
+            .collect::<Vec<_>>()
+            .join(", "),
+        default_network = d.network.default_network,
+        add_timeout = d.network.cni_add_timeout,
+        del_timeout = d.network.cni_del_timeout,
     )
 }
 
@@ -644,7 +712,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("`serverr`") && err.contains("log, server, storage"),
+            err.contains("`serverr`") && err.contains("log, network, server, storage"),
             "{err}"
         );
     }

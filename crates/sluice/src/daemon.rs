@@ -153,7 +153,10 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_json: serde_json::to_string(&config).context("encoding the effective config")?,
     };
-    let runtime = server::RuntimeSvc::new(info, Arc::new(server::NoNetwork));
+    let cni = Arc::new(cnimgr::CniManager::new(cni_config(&config)));
+    cni.start_watching()
+        .context("watching the CNI config directory")?;
+    let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))));
     let images = server::ImageSvc::new();
 
     let (fired_tx, mut fired_rx) = watch::channel(false);
@@ -188,6 +191,35 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// The `[network]` section as the CNI manager's settings; results are cached under the
+/// persistent root so DEL works after a restart.
+fn cni_config(config: &Config) -> cnimgr::CniConfig {
+    let n = &config.network;
+    cnimgr::CniConfig {
+        network_dir: n.network_dir.clone(),
+        plugin_dirs: n.plugin_dirs.clone(),
+        default_network: Some(n.default_network.clone()).filter(|s| !s.is_empty()),
+        cache_dir: config.storage.root.join("cni").join("results"),
+        add_timeout: n.cni_add_timeout.0,
+        del_timeout: n.cni_del_timeout.0,
+    }
+}
+
+/// CRI `NetworkReady` from the CNI manager.
+struct CniNetwork(Arc<cnimgr::CniManager>);
+
+#[tonic::async_trait]
+impl server::NetworkStatus for CniNetwork {
+    async fn readiness(&self) -> server::NetworkReadiness {
+        let r = self.0.readiness().await;
+        server::NetworkReadiness {
+            ready: r.ready,
+            reason: r.reason,
+            message: r.message,
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT and returns its name.
