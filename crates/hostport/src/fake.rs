@@ -85,3 +85,35 @@ impl HostPortManager for FakeHostPortManager {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorKind, Protocol};
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn refuses_taken_ports_and_forgets_removed_pods() {
+        let m = FakeHostPortManager::default();
+        let ip: IpAddr = "10.0.0.2".parse().expect("ip");
+        let pm = PortMapping {
+            protocol: Protocol::Tcp,
+            container_port: 80,
+            host_port: 8080,
+            host_ip: None,
+        };
+        block_on(m.add("a", "ns/a", &[ip], &[pm])).expect("first add");
+        let err = block_on(m.add("b", "ns/b", &[ip], &[pm])).expect_err("conflict");
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        block_on(m.remove("a")).expect("remove");
+        block_on(m.remove("a")).expect("remove twice");
+        block_on(m.add("b", "ns/b", &[ip], &[pm])).expect("port free again");
+        assert_eq!(m.pods().len(), 1);
+    }
+}

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 
 pub use error::{Error, ErrorKind};
-pub use nft::{LocalhostAccess, NftConfig, NftHostPortManager};
+pub use nft::{ListedElement, LocalhostAccess, NftConfig, NftHostPortManager};
 pub use noop::NoopHostPortManager;
 pub use types::{Family, PodPorts, PortMapping, Protocol};
 
@@ -64,9 +64,10 @@ pub trait HostPortManager: Send + Sync + std::fmt::Debug {
     /// daemon restart) and succeeds when the pod has no host ports (idempotent).
     fn remove<'a>(&'a self, pod_id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 
-    /// Replaces the whole host-port state with exactly `live` in one transaction per
-    /// family: used at daemon start to repair a flushed ruleset and to drop the elements of
-    /// pods that no longer exist. Conflicts among `live` pods are reported, and nothing is
-    /// changed, like for [`HostPortManager::add`].
+    /// Replaces the whole host-port state with exactly `live` in one transaction: used at
+    /// daemon start to repair a flushed ruleset and to drop the elements of pods that no
+    /// longer exist. Recovery must not be all-or-nothing, so a live pod whose mapping
+    /// conflicts with an earlier one (by pod id order) loses that mapping, with a warning,
+    /// instead of failing the whole sync. Invalid mappings are still an error.
     fn sync<'a>(&'a self, live: &'a [PodPorts]) -> BoxFuture<'a, Result<(), Error>>;
 }

@@ -17,7 +17,7 @@ fn owners(m: &NftHostPortManager, rt: &tokio::runtime::Runtime) -> Vec<String> {
         .block_on(m.list())
         .unwrap()
         .into_iter()
-        .map(|e| e.0)
+        .map(|e| e.owner_id)
         .collect();
     v.dedup();
     v
@@ -27,8 +27,8 @@ fn elements_of(m: &NftHostPortManager, rt: &tokio::runtime::Runtime, pod: &str) 
     rt.block_on(m.list())
         .unwrap()
         .into_iter()
-        .filter(|e| e.0 == pod)
-        .map(|e| e.2)
+        .filter(|e| e.owner_id == pod)
+        .map(|e| e.text)
         .collect()
 }
 
@@ -95,7 +95,8 @@ fn udp_echo_and_stale_conntrack_entries_are_flushed() {
     let rt = rt();
     // Another pod's host port already exists (so conntrack is active in the node netns, as
     // on any real node).
-    rt.block_on(m.add("pod2", "default/other", &node.pods[1].ips(), &[tcp(1, 1)])).unwrap();
+    rt.block_on(m.add("pod2", "default/other", &node.pods[1].ips(), &[tcp(1, 1)]))
+        .unwrap();
 
     // A flow to the host port before it exists: answered by nobody, but conntrack keeps an
     // entry. Without the flush, the same flow would keep bypassing the new DNAT.
@@ -171,7 +172,12 @@ fn host_ip_specific_mapping_answers_only_on_that_ip() {
         connect(&node.ns, NODE_IP6, 8081, "tcp"),
         Err("ERR ConnectionRefusedError".into())
     );
-    let v6: Vec<_> = rt.block_on(m.list()).unwrap().into_iter().filter(|e| e.2.starts_with("ip6 ")).collect();
+    let v6: Vec<_> = rt
+        .block_on(m.list())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.family == hostport::Family::V6)
+        .collect();
     assert!(v6.is_empty(), "{v6:?}");
 }
 
@@ -543,9 +549,18 @@ fn noop_manager_touches_nothing() {
 #[test]
 fn invalid_config_is_refused() {
     for cfg in [
-        NftConfig { table: "bad name".into(), ..NftConfig::default() },
-        NftConfig { table: "x;flush ruleset".into(), ..NftConfig::default() },
-        NftConfig { loopback6_table: 255, ..NftConfig::default() },
+        NftConfig {
+            table: "bad name".into(),
+            ..NftConfig::default()
+        },
+        NftConfig {
+            table: "x;flush ruleset".into(),
+            ..NftConfig::default()
+        },
+        NftConfig {
+            loopback6_table: 255,
+            ..NftConfig::default()
+        },
         NftConfig {
             localhost: hostport::LocalhostAccess::Interfaces(vec!["../all".into()]),
             ..NftConfig::default()
@@ -565,11 +580,18 @@ fn failures_keep_the_evidence() {
         ..NftConfig::default()
     })
     .unwrap();
-    let err = rt.block_on(m.add("p", "a/b", &["10.0.0.1".parse().unwrap()], &[tcp(1, 1)])).unwrap_err();
+    let err = rt
+        .block_on(m.add("p", "a/b", &["10.0.0.1".parse().unwrap()], &[tcp(1, 1)]))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal);
     match &err {
-        hostport::Error::Command { command, stderr, .. } => {
-            assert!(command.starts_with("nsenter --net=/run/netns/hostport-missing-"), "{command}");
+        hostport::Error::Command {
+            command, stderr, ..
+        } => {
+            assert!(
+                command.starts_with("nsenter --net=/run/netns/hostport-missing-"),
+                "{command}"
+            );
             assert!(!stderr.is_empty());
         }
         other => panic!("expected Command, got {other:?}"),
@@ -593,12 +615,17 @@ fn failures_keep_the_evidence() {
         ..node.config()
     })
     .unwrap();
-    let err = rt.block_on(m.add("p", "a/b", &node.pods[0].ips(), &[tcp(1, 1)])).unwrap_err();
+    let err = rt
+        .block_on(m.add("p", "a/b", &node.pods[0].ips(), &[tcp(1, 1)]))
+        .unwrap_err();
     let _ = std::fs::remove_dir_all(&dir);
     match err {
         hostport::Error::NftApply { stderr, script, .. } => {
             assert_eq!(stderr, "Error: simulated refusal");
-            assert!(script.contains("tcp . 1 comment \"p a/b\" : 10.88.1.2 . 1"), "{script}");
+            assert!(
+                script.contains("tcp . 1 comment \"p a/b\" : 10.88.1.2 . 1"),
+                "{script}"
+            );
         }
         other => panic!("expected NftApply, got {other:?}"),
     }
@@ -614,10 +641,16 @@ fn stale_index_is_detected_and_reloaded() {
     let _s2 = Server::start(&p2.ns, 80, "pod2");
     let m = node.manager();
     let rt = rt();
-    rt.block_on(m.add("pod1", "a/one", &p1.ips(), &[tcp(8080, 80)])).unwrap();
+    rt.block_on(m.add("pod1", "a/one", &p1.ips(), &[tcp(8080, 80)]))
+        .unwrap();
     node.exec(&["nft", "delete", "table", "ip", "sluice-hostports"]);
-    rt.block_on(m.add("pod2", "a/two", &p2.ips(), &[tcp(9090, 80)])).unwrap();
-    assert!(connect(&node.ns, NODE_IP, 9090, "tcp").unwrap().starts_with("hello from pod2"));
+    rt.block_on(m.add("pod2", "a/two", &p2.ips(), &[tcp(9090, 80)]))
+        .unwrap();
+    assert!(
+        connect(&node.ns, NODE_IP, 9090, "tcp")
+            .unwrap()
+            .starts_with("hello from pod2")
+    );
     // pod1's v4 elements went with the table (sync restores them); its v6 ones remain and
     // remove still finds them.
     rt.block_on(m.remove("pod1")).unwrap();

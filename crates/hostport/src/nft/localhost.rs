@@ -24,7 +24,6 @@
 //! to each pod IP (`ip -j route get`), which is right for bridge and point-to-point CNI
 //! setups alike, at the cost of one `ip` call per pod IP per `add`.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -32,7 +31,6 @@ use serde::Deserialize;
 
 use crate::Error;
 use crate::exec::Runner;
-use crate::types::Family;
 
 /// How host ports are made reachable through `127.0.0.1` and `::1`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -67,47 +65,36 @@ pub(crate) struct Localhost<'a> {
 }
 
 impl Localhost<'_> {
-    /// The interfaces to configure for `ips`, per family.
+    /// The interfaces to configure for pod IP `ip`.
     pub async fn interfaces(
         &self,
         mode: &LocalhostAccess,
-        ips: &[IpAddr],
-    ) -> Result<BTreeSet<(Family, String)>, Error> {
-        let mut out = BTreeSet::new();
-        for ip in ips {
-            let family = Family::of(ip);
-            match mode {
-                LocalhostAccess::Disabled => {}
-                LocalhostAccess::Interfaces(names) => {
-                    out.extend(names.iter().map(|n| (family, n.clone())));
-                }
-                LocalhostAccess::PodRoute => {
-                    let ip_s = ip.to_string();
-                    let fam = if family == Family::V4 { "-4" } else { "-6" };
-                    let args = ["-j", fam, "route", "get", ip_s.as_str()];
-                    let o = self.runner.run_ok(self.ip, &args, None).await?;
-                    let routes: Vec<RouteGet> =
-                        serde_json::from_slice(&o.stdout).map_err(|e| Error::NoRoute {
-                            ip: *ip,
-                            detail: format!("{e}: {}", o.stdout_lossy()),
-                        })?;
-                    match routes.into_iter().find_map(|r| r.dev) {
-                        // A pod IP routed via loopback is a local address: nothing to do.
-                        Some(dev) if dev == "lo" => {}
-                        Some(dev) => {
-                            out.insert((family, dev));
-                        }
-                        None => {
-                            return Err(Error::NoRoute {
-                                ip: *ip,
-                                detail: o.stdout_lossy(),
-                            });
-                        }
-                    }
+        ip: IpAddr,
+    ) -> Result<Vec<String>, Error> {
+        match mode {
+            LocalhostAccess::Disabled => Ok(Vec::new()),
+            LocalhostAccess::Interfaces(names) => Ok(names.clone()),
+            LocalhostAccess::PodRoute => {
+                let ip_s = ip.to_string();
+                let fam = if ip.is_ipv4() { "-4" } else { "-6" };
+                let args = ["-j", fam, "route", "get", ip_s.as_str()];
+                let o = self.runner.run_ok(self.ip, &args, None).await?;
+                let routes: Vec<RouteGet> =
+                    serde_json::from_slice(&o.stdout).map_err(|e| Error::NoRoute {
+                        ip,
+                        detail: format!("{e}: {}", o.stdout_lossy()),
+                    })?;
+                match routes.into_iter().find_map(|r| r.dev) {
+                    // A pod IP routed via loopback is a local address: nothing to do.
+                    Some(dev) if dev == "lo" => Ok(Vec::new()),
+                    Some(dev) => Ok(vec![dev]),
+                    None => Err(Error::NoRoute {
+                        ip,
+                        detail: o.stdout_lossy(),
+                    }),
                 }
             }
         }
-        Ok(out)
     }
 
     /// IPv4: `net.ipv4.conf.<iface>.route_localnet = 1`.

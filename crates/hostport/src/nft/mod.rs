@@ -5,7 +5,7 @@
 //!
 //! ## Where the truth lives
 //! The kernel. Each element's comment names its pod, so the set of a pod's elements is
-//! derived from `nft -j list table` (our own tolerant parser, [`readback`]). To keep `add` and
+//! derived from `nft -j list table` (our own tolerant parser in `readback.rs`). To keep `add` and
 //! `remove` independent of the table size, the manager reads the tables once (on first use,
 //! so after a restart) into an in-memory index and then keeps the index in step with the
 //! transactions it applies. Every transaction uses `create element` (fails if the key is
@@ -24,14 +24,17 @@
 //!   ports are deleted, so an earlier unreplied flow cannot black-hole the new mapping.
 //! - `remove`: deletes exactly the pod's elements; no-op if it has none.
 //! - `sync`: replaces both tables, with elements for exactly the given pods, in one
-//!   transaction (`add table; delete table; table {..}`).
+//!   transaction (`add table; delete table; table {..}`). It does not redo the loopback
+//!   plumbing of [`localhost`] (route_localnet and the `::1` routes live on the pods'
+//!   interfaces and survive a daemon restart; after a reboot the pods are gone anyway);
+//!   the next IPv6 `add` re-checks the `::1` rule.
 //!
 //! ## Namespaces and processes
 //! With [`NftConfig::netns`] set, every tool runs as `nsenter --net=<path> -- <tool>`: an
 //! external process enters the namespace, never a tokio thread. Tools run with a timeout
 //! and are killed when it expires.
 
-mod localhost;
+pub mod localhost;
 mod readback;
 pub mod ruleset;
 
@@ -93,6 +96,18 @@ impl Default for NftConfig {
             nsenter: PathBuf::from("nsenter"),
         }
     }
+}
+
+/// One element of our tables, as read back by [`NftHostPortManager::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedElement {
+    /// The pod id (or `h-<hash>` for ids not stored verbatim); empty for foreign elements.
+    pub owner_id: String,
+    pub owner_name: String,
+    pub family: Family,
+    /// `<family> <map or set> <element as nft writes it>`, e.g.
+    /// `ip hostports tcp . 8080 comment "<id> <name>" : 10.88.0.2 . 80`.
+    pub text: String,
 }
 
 /// Host ports through sluice-owned nftables tables. See the module docs.
@@ -283,20 +298,28 @@ impl NftConfig {
             || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             || self.table.len() > 64
         {
-            return bad("table", "must be a letter followed by letters, digits, '-', '_' or '.' (at most 64)");
+            return bad(
+                "table",
+                "must be a letter followed by letters, digits, '-', '_' or '.' (at most 64)",
+            );
         }
         // 0 and 253..=255 are the kernel's unspec/default/main/local tables; rule
         // priorities must sort after `local` (0) and before `main` (32766).
-        if !(1..=32765).contains(&self.loopback6_table) || (253..=255).contains(&self.loopback6_table) {
-            return bad("loopback6_table", "must be in 1..=32765 and not 253, 254 or 255");
+        if !(1..=32765).contains(&self.loopback6_table)
+            || (253..=255).contains(&self.loopback6_table)
+        {
+            return bad(
+                "loopback6_table",
+                "must be in 1..=32765 and not 253, 254 or 255",
+            );
         }
         if self.timeout.is_zero() {
             return bad("timeout", "must be positive");
         }
-        if let LocalhostAccess::Interfaces(names) = &self.localhost {
-            if let Some(n) = names.iter().find(|n| !localhost::valid_ifname(n)) {
-                return bad("localhost", &format!("invalid interface name {n:?}"));
-            }
+        if let LocalhostAccess::Interfaces(names) = &self.localhost
+            && let Some(n) = names.iter().find(|n| !localhost::valid_ifname(n))
+        {
+            return bad("localhost", &format!("invalid interface name {n:?}"));
         }
         Ok(())
     }
@@ -380,29 +403,28 @@ impl NftHostPortManager {
         }
     }
 
-    /// Elements and tables as the kernel holds them now, for tests and diagnostics:
-    /// `(owner id, owner name, element text)` per element, sorted.
-    pub async fn list(&self) -> Result<Vec<(String, String, String)>, Error> {
+    /// The elements as the kernel holds them now (read back, not from memory), sorted; for
+    /// tests and diagnostics.
+    pub async fn list(&self) -> Result<Vec<ListedElement>, Error> {
         let idx = self.load_index().await?;
         let mut v: Vec<_> = idx
             .pods
             .values()
             .flat_map(|p| {
-                p.elems.iter().map(|e| {
-                    (
-                        p.owner.id.clone(),
-                        p.owner.name.clone(),
-                        format!(
-                            "{} {} {}",
-                            e.family().nft(),
-                            e.container(),
-                            e.with_comment(&p.owner)
-                        ),
-                    )
+                p.elems.iter().map(|e| ListedElement {
+                    owner_id: p.owner.id.clone(),
+                    owner_name: p.owner.name.clone(),
+                    family: e.family(),
+                    text: format!(
+                        "{} {} {}",
+                        e.family().nft(),
+                        e.container(),
+                        e.with_comment(&p.owner)
+                    ),
                 })
             })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| (&a.owner_id, &a.text).cmp(&(&b.owner_id, &b.text)));
         Ok(v)
     }
 
@@ -477,29 +499,52 @@ impl NftHostPortManager {
         if self.config.localhost == LocalhostAccess::Disabled {
             return Ok(());
         }
-        let ips: Vec<IpAddr> = elems
-            .iter()
-            .filter_map(Element::ip_key)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        // At most one pod IP per family (see `pod_elements`).
+        let ip_of = |f: Family| {
+            elems
+                .iter()
+                .filter_map(Element::ip_key)
+                .find(|ip| Family::of(ip) == f)
+        };
         let lh = Localhost {
             runner: &self.runner,
             ip: &self.config.ip,
             sysctl: &self.config.sysctl,
             table: self.config.loopback6_table,
         };
-        for (family, iface) in lh.interfaces(&self.config.localhost, &ips).await? {
-            match family {
-                Family::V4 => lh.route_localnet(&iface).await?,
-                Family::V6 => {
-                    lh.loopback6_route(&iface).await?;
-                    if !st.loopback6_rule {
-                        lh.loopback6_rule().await?;
-                        st.loopback6_rule = true;
-                    }
-                }
+        let mode = &self.config.localhost;
+        // The two families are independent: run their external commands concurrently
+        // (process start-up dominates these calls).
+        let need_rule = !st.loopback6_rule;
+        let v4 = async {
+            let Some(ip) = ip_of(Family::V4) else {
+                return Ok(());
+            };
+            for iface in lh.interfaces(mode, ip).await? {
+                lh.route_localnet(&iface).await?;
             }
+            Ok::<_, Error>(())
+        };
+        let v6 = async {
+            let Some(ip) = ip_of(Family::V6) else {
+                return Ok(false);
+            };
+            let ifaces = lh.interfaces(mode, ip).await?;
+            if ifaces.is_empty() {
+                return Ok(false);
+            }
+            for iface in &ifaces {
+                lh.loopback6_route(iface).await?;
+            }
+            if need_rule {
+                lh.loopback6_rule().await?;
+            }
+            Ok(true)
+        };
+        let (r4, r6) = tokio::join!(v4, v6);
+        r4?;
+        if r6? {
+            st.loopback6_rule = true;
         }
         Ok(())
     }
@@ -601,34 +646,45 @@ impl NftHostPortManager {
                 targets.insert((family, host_ip, port));
             }
         }
-        for (family, host_ip, port) in targets {
-            let port = port.to_string();
-            let host = host_ip.map(|h| h.to_string());
-            let mut args = vec![
-                "-D",
-                "-f",
-                family.conntrack(),
-                "-p",
-                "udp",
-                "--orig-port-dst",
-                port.as_str(),
-            ];
-            if let Some(h) = &host {
-                args.extend(["--orig-dst", h.as_str()]);
-            }
-            match self.runner.run(&self.config.conntrack, &args, None).await {
-                Ok(o) if o.status.success() => {}
-                // conntrack exits 1 when nothing matched.
-                Ok(o) if o.stderr.contains("0 flow entries have been deleted") => {}
-                Ok(o) => tracing::warn!(
-                    command = %self.runner.describe(&self.config.conntrack, &args),
-                    status = %o.status, stderr = %o.stderr,
-                    "could not delete stale UDP conntrack entries"
-                ),
-                Err(error) => {
-                    tracing::warn!(%error, "could not delete stale UDP conntrack entries")
+        // One `conntrack` per family concurrently; ports of a family one after another.
+        let per_family = |family: Family| {
+            let targets: Vec<_> = targets.iter().filter(|t| t.0 == family).cloned().collect();
+            async move {
+                for (family, host_ip, port) in targets {
+                    self.flush_udp_port(family, host_ip, port).await;
                 }
             }
+        };
+        tokio::join!(per_family(Family::V4), per_family(Family::V6));
+    }
+
+    /// `conntrack -D -f <family> -p udp --orig-port-dst <port> [--orig-dst <host ip>]`.
+    /// Failures are logged, not returned: the mapping is in place and works for new flows.
+    async fn flush_udp_port(&self, family: Family, host_ip: Option<IpAddr>, port: u16) {
+        let port = port.to_string();
+        let host = host_ip.map(|h| h.to_string());
+        let mut args = vec![
+            "-D",
+            "-f",
+            family.conntrack(),
+            "-p",
+            "udp",
+            "--orig-port-dst",
+            port.as_str(),
+        ];
+        if let Some(h) = &host {
+            args.extend(["--orig-dst", h.as_str()]);
+        }
+        match self.runner.run(&self.config.conntrack, &args, None).await {
+            Ok(o) if o.status.success() => {}
+            // conntrack exits 1 when nothing matched.
+            Ok(o) if o.stderr.contains("0 flow entries have been deleted") => {}
+            Ok(o) => tracing::warn!(
+                command = %self.runner.describe(&self.config.conntrack, &args),
+                status = %o.status, stderr = %o.stderr,
+                "could not delete stale UDP conntrack entries"
+            ),
+            Err(error) => tracing::warn!(%error, "could not delete stale UDP conntrack entries"),
         }
     }
 

@@ -17,7 +17,7 @@
 //! }
 //! ```
 //!
-//! Every element carries the comment `"<owner-id> <pod-name>"`; see [`Owner`].
+//! Every element carries the comment `"<owner-id> <pod-name>"` (the pod id, or `h-<hash>` for ids that are not short and safe).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
