@@ -1,0 +1,82 @@
+# sluice task runner: the same targets for people and CI (`make help`).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# Debian packages sluice needs at run time and in tests (Debian 12).
+#   iproute2, util-linux ........ ip netns / nsenter used by kernel tests and operators
+#   nftables, conntrack ......... host ports (nft maps) and UDP conntrack flushes
+#   iptables .................... the bridge CNI plugin's ipMasq in the shipped conflist
+#   containernetworking-plugins . CNI reference plugins (bridge, host-local, loopback) in /usr/lib/cni
+#   python3 ..................... tiny TCP/UDP servers inside test network namespaces
+DEB_PACKAGES := iproute2 util-linux nftables conntrack iptables containernetworking-plugins python3 ca-certificates
+
+RELEASE_BIN := target/release/sluice
+CNI_CONF_DIR := /etc/cni/net.d
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## Install the Debian packages and cargo tools sluice needs (idempotent, skips what is present)
+	@missing=(); for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$$p"); \
+	done; \
+	if [ $${#missing[@]} -gt 0 ]; then \
+	  echo "installing: $${missing[*]}"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}"; \
+	else echo "debian packages: all present"; fi
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+.PHONY: build
+build: ## Build the release binary (target/release/sluice)
+	$(CARGO) build --release -p sluice
+
+.PHONY: run
+run: deps build ## Install the default CNI config if none exists, then run the daemon in the foreground
+	@if ! ls $(CNI_CONF_DIR)/*.conflist $(CNI_CONF_DIR)/*.conf $(CNI_CONF_DIR)/*.json >/dev/null 2>&1; then \
+	  install -D -m 0644 config/cni/10-sluice-bridge.conflist $(CNI_CONF_DIR)/10-sluice-bridge.conflist; \
+	  echo "installed the default CNI config in $(CNI_CONF_DIR)"; fi
+	@echo "sluice: CRI socket unix:///run/sluice/sluice.sock (crictl --config config/crictl.yaml version)"
+	exec $(RELEASE_BIN)
+
+.PHONY: test
+test: deps ## Run every test tier: unit, kernel (root) and end-to-end (root)
+	$(CARGO) build -p sluice
+	$(CARGO) nextest run --workspace --all-features --profile ci
+
+.PHONY: test-unit
+test-unit: ## Unit tests only (library and binary code, no privileges needed)
+	$(CARGO) nextest run --workspace --all-features --lib --bins
+
+.PHONY: test-kernel
+test-kernel: deps ## Kernel tests of the subsystem crates (root: netns, nftables, CNI plugins)
+	$(CARGO) nextest run --all-features -p nsmgr -p cnimgr -p hostport --tests
+
+.PHONY: test-e2e
+test-e2e: deps ## End-to-end tests: the real daemon driven by a CRI client (root)
+	$(CARGO) build -p sluice
+	$(CARGO) nextest run -p sluice-e2e
+
+.PHONY: lint
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: bench
+bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
+	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench daemon
+	$(CARGO) bench -p nsmgr --bench ns_latency
+	$(CARGO) bench -p cnimgr --bench cni_add_del
+	$(CARGO) bench -p hostport --bench hostport_scale
+
+.PHONY: clean
+clean: ## Remove build output
+	$(CARGO) clean
