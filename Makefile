@@ -5,12 +5,12 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 # Debian packages sluice needs at run time and in tests (Debian 12).
-#   iproute2, util-linux ........ ip netns / nsenter used by kernel tests and operators
+#   iproute2, util-linux, procps  ip netns / nsenter / sysctl used by hostport and kernel tests
 #   nftables, conntrack ......... host ports (nft maps) and UDP conntrack flushes
 #   iptables .................... the bridge CNI plugin's ipMasq in the shipped conflist
 #   containernetworking-plugins . CNI reference plugins (bridge, host-local, loopback) in /usr/lib/cni
 #   python3 ..................... tiny TCP/UDP servers inside test network namespaces
-DEB_PACKAGES := iproute2 util-linux nftables conntrack iptables containernetworking-plugins python3 ca-certificates
+DEB_PACKAGES := iproute2 util-linux procps nftables conntrack iptables containernetworking-plugins python3 ca-certificates
 
 RELEASE_BIN := target/release/sluice
 CNI_CONF_DIR := /etc/cni/net.d

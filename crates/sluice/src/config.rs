@@ -28,6 +28,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub network: NetworkConfig,
+    pub images: ImagesConfig,
 }
 
 /// `[server]`: the CRI endpoint.
@@ -86,6 +87,26 @@ impl Default for NetworkConfig {
             cni_del_timeout: Dur(Duration::from_secs(60)),
         }
     }
+}
+
+/// `[images]`: registry access.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Registry hosts (`host` or `host:port`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Mirrors tried in order before the registry itself.
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// One `[[images.mirrors]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The registry host images are named by, e.g. `registry.k8s.io` or `docker.io`.
+    pub registry: String,
+    /// Mirror endpoints as URLs (`https://mirror.example:5000`, `http://127.0.0.1:5000`).
+    pub endpoints: Vec<String>,
 }
 
 /// `[log]`: daemon log verbosity and format (stderr).
@@ -481,6 +502,46 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
     for dir in &config.network.plugin_dirs {
         absolute("network.plugin_dirs", dir)?;
     }
+    for (i, m) in config.images.mirrors.iter().enumerate() {
+        let key = format!("images.mirrors[{i}]");
+        if !valid_registry_host(&m.registry) {
+            return Err(invalid(
+                "images.mirrors",
+                format!(
+                    "{key}.registry: {:?} is not a registry host (host or host:port)",
+                    m.registry
+                ),
+            ));
+        }
+        if m.endpoints.is_empty() {
+            return Err(invalid(
+                "images.mirrors",
+                format!("{key}.endpoints: list at least one mirror URL"),
+            ));
+        }
+        for e in &m.endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .unwrap_or_default();
+            if !valid_registry_host(rest.trim_end_matches('/')) {
+                return Err(invalid(
+                    "images.mirrors",
+                    format!(
+                        "{key}.endpoints: {e:?} must be http://host[:port] or https://host[:port]"
+                    ),
+                ));
+            }
+        }
+    }
+    for r in &config.images.insecure_registries {
+        if !valid_registry_host(r) {
+            return Err(invalid(
+                "images.insecure_registries",
+                format!("{r:?} is not a registry host (host or host:port, no scheme)"),
+            ));
+        }
+    }
     for (key, t) in [
         ("network.cni_add_timeout", config.network.cni_add_timeout),
         ("network.cni_del_timeout", config.network.cni_del_timeout),
@@ -508,6 +569,26 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
         ));
     }
     Ok(())
+}
+
+/// `host` or `host:port` with a DNS name or IP (IPv6 in brackets) and no path or scheme.
+fn valid_registry_host(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !s.starts_with('[') || s.contains("]:") => {
+            (h, Some(p))
+        }
+        _ => (s, None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    let host_ok = if let Some(ip6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        ip6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    };
+    port_ok && host_ok
 }
 
 /// The complete default configuration as commented TOML: what `sluice config` prints and what
@@ -558,6 +639,16 @@ default_network = "{default_network}"
 cni_add_timeout = "{add_timeout}"
 # Time limit for each plugin's DEL (and GC) call.
 cni_del_timeout = "{del_timeout}"
+
+[images]
+# Registry hosts ("host" or "host:port") that are reached over plain HTTP instead of HTTPS.
+insecure_registries = []
+# Registry mirrors, tried in order before the registry itself; images keep the name the client
+# asked for. One [[images.mirrors]] table per registry, for example:
+#   [[images.mirrors]]
+#   registry = "registry.k8s.io"
+#   endpoints = ["http://127.0.0.1:5000", "https://mirror.example.net"]
+mirrors = []
 "#,
         listen = q(&d.server.listen),
         shutdown = d.server.shutdown_timeout,
@@ -712,7 +803,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("`serverr`") && err.contains("log, network, server, storage"),
+            err.contains("`serverr`") && err.contains("images, log, network, server, storage"),
             "{err}"
         );
     }
@@ -780,6 +871,52 @@ mod tests {
             err.contains("sluice.toml") && err.contains("line 1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn mirrors_and_insecure_registries_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "sluice.toml",
+            "[images]\ninsecure_registries = [\"127.0.0.1:5000\", \"[::1]:5000\"]\n\
+             [[images.mirrors]]\nregistry = \"registry.k8s.io\"\nendpoints = [\"http://127.0.0.1:5000\"]\n",
+        );
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.images.mirrors[0].registry, "registry.k8s.io");
+        assert_eq!(loaded.config.images.insecure_registries.len(), 2);
+
+        for (text, needle) in [
+            (
+                "[[images.mirrors]]\nregistry = \"docker.io\"\nendpoints = [\"ftp://x\"]\n",
+                "ftp://x",
+            ),
+            (
+                "[[images.mirrors]]\nregistry = \"docker.io\"\nendpoints = []\n",
+                "at least one",
+            ),
+            (
+                "[[images.mirrors]]\nregistry = \"https://docker.io\"\nendpoints = [\"http://a\"]\n",
+                "not a registry host",
+            ),
+            (
+                "[[images.mirrors]]\nregistry = \"docker.io\"\nendpoint = [\"http://a\"]\n",
+                "unknown field `endpoint`",
+            ),
+            (
+                "[images]\ninsecure_registries = [\"http://a:5000\"]\n",
+                "insecure_registries",
+            ),
+        ] {
+            write(dir.path(), "sluice.toml", text);
+            let err = load(&sources(dir.path()), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(needle) && err.contains("images."),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]
