@@ -1,0 +1,397 @@
+//! The pod state machine against in-memory subsystems (no privileges needed). The real
+//! kernel, CNI plugins and nftables are exercised by the end-to-end tests in `tests/`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostport::fake::FakeHostPortManager;
+use nsmgr::fake::FakeNamespaceManager;
+use nsmgr::{NamespaceManager, PodId};
+use pods::fake::{FakeCgroups, FakeNetworking};
+use pods::{
+    Deps, ErrorKind, NsMode, PodError, PodFilter, PodManager, PodMetadata, PodState, PodsConfig,
+    PortMapping, Protocol, SandboxConfig,
+};
+
+struct World {
+    dir: tempfile::TempDir,
+    ns: Arc<FakeNamespaceManager>,
+    net: Arc<FakeNetworking>,
+    ports: Arc<FakeHostPortManager>,
+    cg: Arc<FakeCgroups>,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            ns: Arc::new(FakeNamespaceManager::new()),
+            net: Arc::new(FakeNetworking::default()),
+            ports: Arc::new(FakeHostPortManager::default()),
+            cg: Arc::new(FakeCgroups::default()),
+        }
+    }
+
+    fn config(&self) -> PodsConfig {
+        let mut c = PodsConfig::new(&self.dir.path().join("root"), &self.dir.path().join("run"));
+        c.network_ready_timeout = Duration::from_millis(300);
+        c.host_resolv_conf = self.dir.path().join("no-resolv.conf");
+        c
+    }
+
+    fn manager(&self) -> PodManager {
+        PodManager::new(
+            self.config(),
+            Deps {
+                namespaces: self.ns.clone(),
+                network: self.net.clone(),
+                hostports: self.ports.clone(),
+                cgroups: self.cg.clone(),
+                namespace_alive: |p| p.to_string_lossy().contains("sluice-"),
+            },
+        )
+        .unwrap()
+    }
+}
+
+fn sandbox(name: &str) -> SandboxConfig {
+    SandboxConfig {
+        metadata: PodMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        },
+        labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+fn pinned(w: &World, id: &str) -> bool {
+    w.ns.is_pinned(&PodId::new(id).unwrap())
+}
+
+#[tokio::test]
+async fn run_sets_everything_up_and_persists_ready() {
+    let w = World::new();
+    let m = w.manager();
+    let mut cfg = sandbox("web");
+    cfg.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp,
+        container_port: 80,
+        host_port: 8080,
+        host_ip: None,
+    }];
+    let pod = m.run(cfg).await.unwrap();
+    assert_eq!(pod.state, PodState::Ready);
+    assert_eq!(pod.id.len(), 64);
+    assert_eq!(pod.ips().len(), 1);
+    assert!(pinned(&w, &pod.id));
+    assert_eq!(w.net.attached(), vec![pod.id.clone()]);
+    assert_eq!(w.ports.pods().len(), 1);
+    assert_eq!(w.cg.paths(), vec![format!("/sluice/sluice-{}", pod.id)]);
+    let files = pod.files_dir.clone().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(files.join("hostname")).unwrap(),
+        "web\n"
+    );
+    let stored = w
+        .dir
+        .path()
+        .join("root/pods")
+        .join(format!("{}.json", pod.id));
+    assert!(
+        stored.exists(),
+        "the record is persisted before run returns"
+    );
+    assert_eq!(
+        m.status(&pod.id[..8]).unwrap().id,
+        pod.id,
+        "unique prefix lookup"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_name_is_already_exists_naming_the_pod() {
+    let w = World::new();
+    let m = w.manager();
+    let first = m.run(sandbox("a")).await.unwrap();
+    let err = m.run(sandbox("a")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.to_string().contains(&first.id), "{err}");
+    // A new attempt is a different name.
+    let mut again = sandbox("a");
+    again.metadata.attempt = 1;
+    m.run(again).await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_handler_is_not_found_and_creates_nothing() {
+    let w = World::new();
+    let m = w.manager();
+    let mut cfg = sandbox("a");
+    cfg.runtime_handler = "kata".into();
+    let err = m.run(cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("kata"));
+    assert_eq!(w.ns.create_calls(), 0);
+}
+
+#[tokio::test]
+async fn network_not_ready_is_failed_precondition_with_the_reason() {
+    let w = World::new();
+    let m = w.manager();
+    w.net.set_not_ready(Some("no CNI config in /etc/cni/net.d"));
+    let err = m.run(sandbox("a")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(err.to_string().contains("no CNI config"), "{err}");
+    assert_eq!(w.ns.create_calls(), 0);
+    // The name is free again.
+    w.net.set_not_ready(None);
+    m.run(sandbox("a")).await.unwrap();
+}
+
+#[tokio::test]
+async fn failing_cni_unwinds_every_step_and_frees_the_name() {
+    let w = World::new();
+    let m = w.manager();
+    w.net.fail_attach(Some("plugin bridge failed: boom"));
+    let err = m.run(sandbox("a")).await.unwrap_err();
+    let text = pods::error_chain(&err);
+    assert!(text.contains("CNI ADD") && text.contains("boom"), "{text}");
+    assert!(
+        w.ns.list_pinned().unwrap().is_empty(),
+        "namespaces released"
+    );
+    assert!(w.cg.paths().is_empty(), "cgroup removed");
+    assert!(m.list(&PodFilter::default()).is_empty());
+    let records = std::fs::read_dir(w.dir.path().join("root/pods"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 0, "no record left");
+    w.net.fail_attach(None);
+    m.run(sandbox("a")).await.unwrap();
+}
+
+#[tokio::test]
+async fn host_port_conflict_is_already_exists_and_unwinds() {
+    let w = World::new();
+    let m = w.manager();
+    let ports = vec![PortMapping {
+        protocol: Protocol::Tcp,
+        container_port: 80,
+        host_port: 8080,
+        host_ip: None,
+    }];
+    let mut a = sandbox("a");
+    a.port_mappings = ports.clone();
+    let first = m.run(a).await.unwrap();
+    let mut b = sandbox("b");
+    b.port_mappings = ports;
+    let err = m.run(b).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(
+        err.to_string().contains(&first.id),
+        "names the owner: {err}"
+    );
+    assert_eq!(
+        w.net.attached(),
+        vec![first.id.clone()],
+        "b's network detached"
+    );
+}
+
+#[tokio::test]
+async fn bad_sysctl_is_invalid_argument() {
+    let w = World::new();
+    let m = w.manager();
+    let mut cfg = sandbox("a");
+    cfg.sysctls.insert("kernel.panic".into(), "1".into());
+    let err = m.run(cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let text = pods::error_chain(&err);
+    assert!(text.contains("kernel.panic"), "{text}");
+    assert!(w.net.attached().is_empty());
+}
+
+#[tokio::test]
+async fn stop_and_remove_are_idempotent_and_release_everything() {
+    let w = World::new();
+    let m = w.manager();
+    let pod = m.run(sandbox("a")).await.unwrap();
+    m.stop(&pod.id).await.unwrap();
+    let st = m.status(&pod.id).unwrap();
+    assert_eq!(st.state, PodState::NotReady);
+    assert!(st.fully_released());
+    assert!(!pinned(&w, &pod.id));
+    assert!(w.net.attached().is_empty());
+    m.stop(&pod.id).await.unwrap();
+    m.remove(&pod.id).await.unwrap();
+    m.remove(&pod.id).await.unwrap();
+    assert!(matches!(m.status(&pod.id), Err(PodError::NotFound(_))));
+    assert!(w.cg.paths().is_empty());
+    assert!(!pod.files_dir.unwrap().exists());
+    // Unknown ids are fine for stop and remove, not for status.
+    m.stop("feedface").await.unwrap();
+    m.remove("feedface").await.unwrap();
+    // The name can be used again.
+    m.run(sandbox("a")).await.unwrap();
+}
+
+#[tokio::test]
+async fn remove_without_stop_releases_too() {
+    let w = World::new();
+    let m = w.manager();
+    let pod = m.run(sandbox("a")).await.unwrap();
+    m.remove(&pod.id).await.unwrap();
+    assert!(!pinned(&w, &pod.id));
+    assert!(w.net.attached().is_empty());
+}
+
+#[tokio::test]
+async fn ambiguous_prefix_is_invalid_argument() {
+    let w = World::new();
+    let m = w.manager();
+    let mut ids = Vec::new();
+    // With 17 pods, two share a first hex digit (pigeonhole).
+    for i in 0..17 {
+        ids.push(m.run(sandbox(&format!("p{i}"))).await.unwrap().id);
+    }
+    let shared = ids
+        .iter()
+        .find(|a| ids.iter().filter(|b| b[..1] == a[..1]).count() > 1)
+        .unwrap();
+    let err = m.status(&shared[..1]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("ambiguous"));
+}
+
+#[tokio::test]
+async fn list_filters_by_id_state_and_labels() {
+    let w = World::new();
+    let m = w.manager();
+    let a = m.run(sandbox("a")).await.unwrap();
+    let b = m.run(sandbox("b")).await.unwrap();
+    m.stop(&b.id).await.unwrap();
+    let ids = |f: PodFilter| m.list(&f).into_iter().map(|p| p.id).collect::<Vec<_>>();
+    assert_eq!(ids(PodFilter::default()).len(), 2);
+    assert_eq!(
+        ids(PodFilter {
+            state: Some(PodState::Ready),
+            ..Default::default()
+        }),
+        vec![a.id.clone()]
+    );
+    assert_eq!(
+        ids(PodFilter {
+            labels: BTreeMap::from([("app".into(), "b".into())]),
+            ..Default::default()
+        }),
+        vec![b.id.clone()]
+    );
+    assert_eq!(
+        ids(PodFilter {
+            id: Some(a.id[..10].to_string()),
+            ..Default::default()
+        }),
+        vec![a.id.clone()]
+    );
+}
+
+#[tokio::test]
+async fn host_network_pod_gets_no_netns_and_no_cni() {
+    let w = World::new();
+    let m = w.manager();
+    let mut cfg = sandbox("h");
+    cfg.network = NsMode::Node;
+    let pod = m.run(cfg).await.unwrap();
+    assert!(pod.netns.is_none() && pod.uts_ns.is_none());
+    assert!(pod.ipc_ns.is_some(), "ipc stays private unless asked");
+    assert!(w.net.attached().is_empty());
+    assert!(pod.ips().is_empty());
+}
+
+#[tokio::test]
+async fn recovery_reloads_pods_and_releases_interrupted_creations() {
+    let w = World::new();
+    let id;
+    {
+        let m = w.manager();
+        id = m.run(sandbox("keep")).await.unwrap().id;
+    }
+    // A crash during RunPodSandbox leaves a Creating record and possibly resources.
+    let store = pods::Store::open(w.dir.path().join("root/pods")).unwrap();
+    let mut creating = {
+        let m = w.manager();
+        m.recover().await.unwrap();
+        m.status(&id).unwrap()
+    };
+    creating.id = "ab".repeat(32);
+    creating.state = PodState::Creating;
+    creating.config.metadata.name = "half".into();
+    store.save(&creating).unwrap();
+    w.ns.insert_orphan(&PodId::new(&creating.id).unwrap());
+
+    let m = w.manager();
+    let report = m.recover().await.unwrap();
+    assert_eq!(report.loaded, 2);
+    assert_eq!(report.removed_incomplete, 1);
+    assert_eq!(m.status(&id).unwrap().state, PodState::Ready);
+    assert!(m.status(&creating.id).is_err());
+    assert!(
+        !pinned(&w, &creating.id),
+        "interrupted pod's namespaces released"
+    );
+    assert_eq!(w.net.gc_calls().last().unwrap(), &vec![id.clone()]);
+    // The reloaded pod's name stays reserved.
+    assert_eq!(
+        m.run(sandbox("keep")).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+}
+
+#[tokio::test]
+async fn recovery_marks_pods_of_a_previous_boot_not_ready() {
+    let w = World::new();
+    let boot = w.dir.path().join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let manager = |w: &World| {
+        let mut c = w.config();
+        c.boot_id_path = boot.clone();
+        PodManager::new(
+            c,
+            Deps {
+                namespaces: w.ns.clone(),
+                network: w.net.clone(),
+                hostports: w.ports.clone(),
+                cgroups: w.cg.clone(),
+                namespace_alive: |_| true,
+            },
+        )
+        .unwrap()
+    };
+    let id = manager(&w).run(sandbox("a")).await.unwrap().id;
+    std::fs::write(&boot, "boot-2\n").unwrap();
+    let m = manager(&w);
+    let report = m.recover().await.unwrap();
+    assert_eq!(report.marked_not_ready, 1);
+    let st = m.status(&id).unwrap();
+    assert_eq!(st.state, PodState::NotReady);
+    assert!(st.reason.contains("rebooted"), "{}", st.reason);
+    m.stop(&id).await.unwrap();
+    m.remove(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn cgroup_parent_as_systemd_slice_is_rejected() {
+    let w = World::new();
+    let m = w.manager();
+    let mut cfg = sandbox("a");
+    cfg.cgroup_parent = "/kubepods.slice".into();
+    let err = m.run(cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("config.linux.cgroup_parent"));
+}
