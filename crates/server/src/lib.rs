@@ -8,8 +8,10 @@
 
 #![forbid(unsafe_code)]
 
+mod error;
 mod image;
 mod runtime;
+mod sandbox;
 mod validate;
 
 pub use image::ImageSvc;

@@ -6,14 +6,17 @@ use std::sync::{Arc, RwLock};
 
 use cri_api::runtime::v1::runtime_service_server::RuntimeService;
 use cri_api::runtime::v1::{
-    CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigRequest,
-    RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
-    StatusRequest, StatusResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
+    CgroupDriver, LinuxRuntimeConfiguration, ListPodSandboxRequest, ListPodSandboxResponse,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest,
+    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, RuntimeCondition,
+    RuntimeConfigRequest, RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler,
+    RuntimeHandlerFeatures, RuntimeStatus, StatusRequest, StatusResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
     VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
 
-use crate::validate;
+use crate::{sandbox, validate};
 
 /// The CRI API version sluice serves.
 pub const RUNTIME_API_VERSION: &str = "v1";
@@ -74,6 +77,7 @@ impl NetworkStatus for NoNetwork {
 pub struct RuntimeSvc {
     info: Arc<RuntimeInfo>,
     network: Arc<dyn NetworkStatus>,
+    pods: Arc<pods::PodManager>,
     /// Pod CIDRs the kubelet pushed with `UpdateRuntimeConfig` (informational: CNI IPAM config
     /// decides pod addresses; sluice reports them in verbose `Status`).
     pod_cidrs: Arc<RwLock<Vec<String>>>,
@@ -88,10 +92,15 @@ impl std::fmt::Debug for RuntimeSvc {
 }
 
 impl RuntimeSvc {
-    pub fn new(info: RuntimeInfo, network: Arc<dyn NetworkStatus>) -> Self {
+    pub fn new(
+        info: RuntimeInfo,
+        network: Arc<dyn NetworkStatus>,
+        pods: Arc<pods::PodManager>,
+    ) -> Self {
         Self {
             info: Arc::new(info),
             network,
+            pods,
             pod_cidrs: Arc::default(),
         }
     }
@@ -166,6 +175,77 @@ impl RuntimeService for RuntimeSvc {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        name = request.get_ref().config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.as_str()).unwrap_or_default(),
+        namespace = request.get_ref().config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.namespace.as_str()).unwrap_or_default(),
+    ))]
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let config = sandbox::sandbox_config(request.into_inner())?;
+        let pod = self.pods.run(config).await.map_err(sandbox::fail)?;
+        Ok(Response::new(RunPodSandboxResponse {
+            pod_sandbox_id: pod.id,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %request.get_ref().pod_sandbox_id))]
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let id = sandbox::sandbox_id(&request.get_ref().pod_sandbox_id)?;
+        self.pods.stop(id).await.map_err(sandbox::fail)?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %request.get_ref().pod_sandbox_id))]
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let id = sandbox::sandbox_id(&request.get_ref().pod_sandbox_id)?;
+        self.pods.remove(id).await.map_err(sandbox::fail)?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %request.get_ref().pod_sandbox_id))]
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let req = request.get_ref();
+        let id = sandbox::sandbox_id(&req.pod_sandbox_id)?;
+        let pod = self.pods.status(id).map_err(sandbox::fail)?;
+        let info = if req.verbose {
+            sandbox::verbose_info(&pod)?
+        } else {
+            Default::default()
+        };
+        Ok(Response::new(PodSandboxStatusResponse {
+            status: Some(sandbox::sandbox_status(&pod)),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: now_nanos(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = sandbox::filter(request.into_inner().filter)?;
+        let items = self
+            .pods
+            .list(&filter)
+            .iter()
+            .map(sandbox::sandbox_item)
+            .collect();
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn runtime_config(
         &self,
@@ -202,25 +282,46 @@ impl RuntimeService for RuntimeSvc {
     }
 }
 
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use cri_api::runtime::v1::{NetworkConfig, RuntimeConfig};
 
-    fn svc() -> RuntimeSvc {
-        RuntimeSvc::new(
+    fn svc() -> (RuntimeSvc, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pods = pods::PodManager::new(
+            pods::PodsConfig::new(&dir.path().join("root"), &dir.path().join("run")),
+            pods::Deps {
+                namespaces: Arc::new(nsmgr::fake::FakeNamespaceManager::new()),
+                network: Arc::new(pods::fake::FakeNetworking::default()),
+                hostports: Arc::new(hostport::fake::FakeHostPortManager::default()),
+                cgroups: Arc::new(pods::fake::FakeCgroups::default()),
+                namespace_alive: |_| true,
+            },
+        )
+        .expect("pod manager");
+        let svc = RuntimeSvc::new(
             RuntimeInfo {
                 name: "sluice".into(),
                 version: "9.9.9".into(),
                 config_json: "{\"x\":1}".into(),
             },
             Arc::new(NoNetwork),
-        )
+            Arc::new(pods),
+        );
+        (svc, dir)
     }
 
     #[tokio::test]
     async fn pod_cidr_is_recorded_and_reported_in_verbose_status() {
-        let s = svc();
+        let (s, _dir) = svc();
         let req = UpdateRuntimeConfigRequest {
             runtime_config: Some(RuntimeConfig {
                 network_config: Some(NetworkConfig {
@@ -245,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_pod_cidr_is_invalid_argument_and_keeps_the_old_value() {
-        let s = svc();
+        let (s, _dir) = svc();
         let set = |c: &str| UpdateRuntimeConfigRequest {
             runtime_config: Some(RuntimeConfig {
                 network_config: Some(NetworkConfig { pod_cidr: c.into() }),
@@ -264,7 +365,8 @@ mod tests {
 
     #[tokio::test]
     async fn status_is_not_verbose_unless_asked() {
-        let st = svc()
+        let (s, _dir) = svc();
+        let st = s
             .status(Request::new(StatusRequest { verbose: false }))
             .await
             .expect("status")
