@@ -29,6 +29,7 @@ pub struct Config {
     pub log: LogConfig,
     pub network: NetworkConfig,
     pub images: ImagesConfig,
+    pub runtime: RuntimeConfig,
 }
 
 /// `[server]`: the CRI endpoint.
@@ -75,6 +76,10 @@ pub struct NetworkConfig {
     pub default_network: String,
     pub cni_add_timeout: Dur,
     pub cni_del_timeout: Dur,
+    pub network_ready_timeout: Dur,
+    pub netns_dir: PathBuf,
+    pub hostport_mapping: bool,
+    pub hostport_table: String,
 }
 
 impl Default for NetworkConfig {
@@ -85,6 +90,26 @@ impl Default for NetworkConfig {
             default_network: String::new(),
             cni_add_timeout: Dur(Duration::from_secs(120)),
             cni_del_timeout: Dur(Duration::from_secs(60)),
+            network_ready_timeout: Dur(Duration::from_secs(10)),
+            netns_dir: PathBuf::from("/run/netns"),
+            hostport_mapping: true,
+            hostport_table: "sluice-hostports".to_string(),
+        }
+    }
+}
+
+/// `[runtime]`: how pods and containers are run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// cgroupfs parent for pods whose config names none (crictl); kubelet pods bring theirs.
+    pub cgroup_parent: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_parent: "/sluice".to_string(),
         }
     }
 }
@@ -493,6 +518,30 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
     absolute("storage.root", &config.storage.root)?;
     absolute("storage.runroot", &config.storage.runroot)?;
     absolute("network.network_dir", &config.network.network_dir)?;
+    absolute("network.netns_dir", &config.network.netns_dir)?;
+    let table = &config.network.hostport_table;
+    if table.is_empty()
+        || table.len() > 64
+        || !table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            "network.hostport_table",
+            format!("{table:?} must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_'"),
+        ));
+    }
+    if let Err(message) =
+        pods::cgroup::validate_parent(&config.runtime.cgroup_parent).and_then(|()| {
+            if config.runtime.cgroup_parent.is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(())
+            }
+        })
+    {
+        return Err(invalid("runtime.cgroup_parent", message));
+    }
     if config.network.plugin_dirs.is_empty() {
         return Err(invalid(
             "network.plugin_dirs",
@@ -545,6 +594,10 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
     for (key, t) in [
         ("network.cni_add_timeout", config.network.cni_add_timeout),
         ("network.cni_del_timeout", config.network.cni_del_timeout),
+        (
+            "network.network_ready_timeout",
+            config.network.network_ready_timeout,
+        ),
     ] {
         if t.0.is_zero() {
             return Err(invalid(key, "must be longer than 0s".to_string()));
@@ -639,6 +692,17 @@ default_network = "{default_network}"
 cni_add_timeout = "{add_timeout}"
 # Time limit for each plugin's DEL (and GC) call.
 cni_del_timeout = "{del_timeout}"
+# How long RunPodSandbox waits for NetworkReady before failing with FailedPrecondition.
+network_ready_timeout = "{ready_timeout}"
+# Where pod network namespaces are pinned, as sluice-<pod id>; /run/netns makes them visible
+# to `ip netns list` and `ip netns exec`.
+netns_dir = {netns_dir}
+# Publish pods' host ports (CRI port_mappings) through sluice's own nftables tables. When
+# false, host ports are ignored (for a CNI chain that handles them itself).
+hostport_mapping = {hostport_mapping}
+# Name of the `ip` and `ip6` nftables tables sluice owns for host ports. Change it only to
+# run several sluice instances on one host.
+hostport_table = "{hostport_table}"
 
 [images]
 # Registry hosts ("host" or "host:port") that are reached over plain HTTP instead of HTTPS.
@@ -649,6 +713,12 @@ insecure_registries = []
 #   registry = "registry.k8s.io"
 #   endpoints = ["http://127.0.0.1:5000", "https://mirror.example.net"]
 mirrors = []
+
+[runtime]
+# cgroupfs parent of pods whose config names none (pods from crictl); the kubelet gives each
+# pod its own parent (/kubepods/...). sluice manages cgroups through cgroupfs directly, so the
+# kubelet must run with cgroupDriver: cgroupfs.
+cgroup_parent = "{cgroup_parent}"
 "#,
         listen = q(&d.server.listen),
         shutdown = d.server.shutdown_timeout,
@@ -667,6 +737,11 @@ mirrors = []
         default_network = d.network.default_network,
         add_timeout = d.network.cni_add_timeout,
         del_timeout = d.network.cni_del_timeout,
+        ready_timeout = d.network.network_ready_timeout,
+        netns_dir = q(&d.network.netns_dir),
+        hostport_mapping = d.network.hostport_mapping,
+        hostport_table = d.network.hostport_table,
+        cgroup_parent = d.runtime.cgroup_parent,
     )
 }
 
@@ -803,7 +878,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("`serverr`") && err.contains("images, log, network, server, storage"),
+            err.contains("`serverr`")
+                && err.contains("images, log, network, runtime, server, storage"),
             "{err}"
         );
     }

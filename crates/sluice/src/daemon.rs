@@ -146,6 +146,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> {
+    // Signals first: a SIGTERM during recovery must mean a clean shutdown, not death.
+    let signals = Signals::install().context("installing SIGTERM/SIGINT handlers")?;
     let listener =
         tokio::net::UnixListener::from_std(listener).context("registering the CRI socket")?;
     let info = server::RuntimeInfo {
@@ -156,12 +158,18 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     let cni = Arc::new(cnimgr::CniManager::new(cni_config(&config)));
     cni.start_watching()
         .context("watching the CNI config directory")?;
-    let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))));
+    let pods = Arc::new(pod_manager(&config, Arc::clone(&cni))?);
+    // Reconcile persisted pods with the kernel before the first CRI call is served.
+    let report = pods.recover().await.context("recovering pod state")?;
+    for w in &report.warnings {
+        tracing::warn!(warning = %w, "pod state recovery");
+    }
+    let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))), pods);
     let images = server::ImageSvc::new();
 
     let (fired_tx, mut fired_rx) = watch::channel(false);
     let shutdown = async move {
-        let signal = wait_for_signal().await;
+        let signal = signals.wait().await;
         tracing::info!(
             signal,
             "shutting down: refusing new connections, draining in-flight calls"
@@ -207,6 +215,40 @@ fn cni_config(config: &Config) -> cnimgr::CniConfig {
     }
 }
 
+/// The pod manager and its subsystems, as configured.
+fn pod_manager(config: &Config, cni: Arc<cnimgr::CniManager>) -> anyhow::Result<pods::PodManager> {
+    let namespaces = nsmgr::PinnedNamespaces::new(nsmgr::PinDirs {
+        netns_dir: config.network.netns_dir.clone(),
+        ns_dir: config.storage.runroot.join("ns"),
+    });
+    let hostports: Arc<dyn hostport::HostPortManager> = if config.network.hostport_mapping {
+        Arc::new(
+            hostport::NftHostPortManager::new(hostport::NftConfig {
+                table: config.network.hostport_table.clone(),
+                ..hostport::NftConfig::default()
+            })
+            .context("setting up the host port manager")?,
+        )
+    } else {
+        Arc::new(hostport::NoopHostPortManager)
+    };
+    let cgroups = pods::CgroupFs::discover().context("finding the cgroup hierarchies")?;
+    let mut pods_config = pods::PodsConfig::new(&config.storage.root, &config.storage.runroot);
+    pods_config.default_cgroup_parent = config.runtime.cgroup_parent.clone();
+    pods_config.network_ready_timeout = config.network.network_ready_timeout.0;
+    pods::PodManager::new(
+        pods_config,
+        pods::Deps {
+            namespaces: Arc::new(namespaces),
+            network: Arc::new(pods::CniNetworking::new(cni)),
+            hostports,
+            cgroups: Arc::new(cgroups),
+            namespace_alive: pods::is_live_namespace,
+        },
+    )
+    .context("opening the pod state store")
+}
+
 /// CRI `NetworkReady` from the CNI manager.
 struct CniNetwork(Arc<cnimgr::CniManager>);
 
@@ -222,18 +264,26 @@ impl server::NetworkStatus for CniNetwork {
     }
 }
 
-/// Waits for SIGTERM or SIGINT and returns its name.
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; only SIGKILL will stop this daemon");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, registered with tokio.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either signal and returns its name.
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
