@@ -10,6 +10,8 @@
 
 #![allow(clippy::print_stderr)]
 
+pub mod net;
+
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use cri_api::runtime::v1::VersionRequest;
 use cri_api::runtime::v1::image_service_client::ImageServiceClient;
 use cri_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use hyper_util::rt::TokioIo;
@@ -59,7 +62,21 @@ pub struct Layout {
     pub runroot: PathBuf,
     /// The CNI config directory the daemon watches (starts empty).
     pub cni_dir: PathBuf,
+    /// Where pod network namespaces are pinned (not /run/netns, so tests never see or
+    /// garbage-collect each other's pods).
+    pub netns_dir: PathBuf,
+    /// This daemon's own nftables host-port table name.
+    pub hostport_table: String,
+    /// This daemon's cgroupfs parent for pods (removed on drop).
+    pub cgroup_parent: String,
     pub log: PathBuf,
+}
+
+/// A name unique to this process and call, for kernel objects shared by the whole host.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{:x}x{n}", std::process::id())
 }
 
 impl Layout {
@@ -79,12 +96,24 @@ impl Layout {
             root: p.join("root"),
             runroot: p.join("run"),
             cni_dir: p.join("net.d"),
+            netns_dir: p.join("netns"),
+            hostport_table: unique("sluice-e2e-"),
+            cgroup_parent: format!("/sluice-e2e/{}", unique("d")),
             log: p.join("daemon.log"),
             dir,
         };
         let text = format!(
-            "[server]\nlisten = {:?}\nshutdown_timeout = \"5s\"\n\n[storage]\nroot = {:?}\nrunroot = {:?}\n\n[network]\nnetwork_dir = {:?}\n",
-            layout.socket, layout.root, layout.runroot, layout.cni_dir
+            "[server]\nlisten = {:?}\nshutdown_timeout = \"5s\"\n\n\
+             [storage]\nroot = {:?}\nrunroot = {:?}\n\n\
+             [network]\nnetwork_dir = {:?}\nnetns_dir = {:?}\nhostport_table = {:?}\n\n\
+             [runtime]\ncgroup_parent = {:?}\n",
+            layout.socket,
+            layout.root,
+            layout.runroot,
+            layout.cni_dir,
+            layout.netns_dir,
+            layout.hostport_table,
+            layout.cgroup_parent,
         );
         fs::write(&layout.config, text).expect("write config");
         fs::create_dir(&layout.cni_dir).expect("cni dir");
@@ -115,6 +144,67 @@ impl Layout {
     pub fn read_log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+impl Drop for Layout {
+    /// Removes what a daemon may leave on the host outside the temp dir when a test ends
+    /// early: its nftables tables and its cgroup parent (only if empty: pods' own cgroups
+    /// are the daemon's to remove, and a test asserts that).
+    fn drop(&mut self) {
+        // nsmgr makes its pin directories shared mount points (as iproute2 does) and a killed
+        // daemon may leave pins: detach every mount under our temp dir, deepest first, so
+        // the temp dir can be removed and nothing stays in the mount table.
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") {
+            let base = format!("{}/", self.dir.path().display());
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(4))
+                .filter(|mp| mp.starts_with(&base))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            points.dedup();
+            for mp in points {
+                let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        for family in ["ip", "ip6"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &self.hostport_table])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") {
+            for line in mounts.lines() {
+                let Some((pre, post)) = line.split_once(" - ") else {
+                    continue;
+                };
+                if !post.starts_with("cgroup") {
+                    continue;
+                }
+                if let Some(mp) = pre.split_whitespace().nth(4) {
+                    let ours = Path::new(mp).join(self.cgroup_parent.trim_start_matches('/'));
+                    remove_cgroup_tree(&ours);
+                    // The shared "/sluice-e2e" level goes when the last test leaves it.
+                    if let Some(parent) = ours.parent() {
+                        let _ = fs::remove_dir(parent);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Removes a cgroup directory and every child cgroup, deepest first (cgroupfs allows rmdir of
+/// a cgroup that holds no process, control files and all).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// A running sluice daemon.
@@ -150,9 +240,13 @@ impl Daemon {
                     self.layout.read_log()
                 );
             }
-            if tokio::net::UnixStream::connect(&self.layout.socket)
-                .await
-                .is_ok()
+            // The socket exists before the daemon serves (it recovers pod state first), so
+            // ready means answering a CRI call.
+            if let Ok(ch) = connect(&self.layout.socket).await
+                && RuntimeServiceClient::new(ch)
+                    .version(VersionRequest::default())
+                    .await
+                    .is_ok()
             {
                 return;
             }

@@ -157,7 +157,10 @@ fn bad_config_exits_64_naming_file_and_key() {
     assert_eq!(status.code(), Some(64), "{out}");
     assert!(out.contains("50-test.toml"), "the drop-in is named: {out}");
     assert!(out.contains("unknown key `network.foo`"), "{out}");
-    assert!(out.contains("network_dir, plugin_dirs"), "{out}");
+    assert!(
+        out.contains("network_dir") && out.contains("plugin_dirs"),
+        "{out}"
+    );
 }
 
 #[test]
