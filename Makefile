@@ -73,6 +73,7 @@ fmt: ## Format the code
 .PHONY: bench
 bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench daemon
+	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods
 	$(CARGO) bench -p nsmgr --bench ns_latency
 	$(CARGO) bench -p cnimgr --bench cni_add_del
 	$(CARGO) bench -p hostport --bench hostport_scale

@@ -142,7 +142,11 @@ async fn pods_get_addresses_reach_each_other_and_release_everything() {
     let (d, net) = daemon_with_net("").await;
     let mut c = d.runtime().await;
 
-    let a = runp(&mut c, pod("a")).await.unwrap();
+    let logs = d.layout.dir.path().join("pod-logs/a");
+    let mut pa = pod("a");
+    pa.log_directory = logs.display().to_string();
+    let a = runp(&mut c, pa).await.unwrap();
+    assert!(logs.is_dir(), "the pod log directory is created");
     let b = runp(&mut c, pod("b")).await.unwrap();
     let (sa, sb) = (status(&mut c, &a).await, status(&mut c, &b).await);
     assert_eq!(state_of(&sa), PodSandboxState::SandboxReady as i32);
@@ -624,4 +628,81 @@ async fn thirty_concurrent_pods_get_distinct_ips_and_clean_up() {
             .next()
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn list_and_status_answer_while_a_cni_add_is_stuck() {
+    // A plugin that blocks in ADD until the test opens a gate: while it blocks, List and
+    // Status of other pods must still answer (they never wait behind a pod's operation).
+    let layout = Layout::new("");
+    let plugins = layout.dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let gate = layout.dir.path().join("gate");
+    let entered = layout.dir.path().join("entered");
+    let script = plugins.join("e2e-gate");
+    let body = r#"#!/bin/sh
+# Test plugin: passes the previous result through; for pod "slow" it first blocks in ADD
+# until the test creates the gate file (at most 30 s).
+input=$(cat)
+if [ "$CNI_COMMAND" = ADD ] && echo "$CNI_ARGS" | grep -q 'K8S_POD_NAME=slow;'; then
+  touch ENTERED
+  i=0; while [ ! -e GATE ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+fi
+if [ "$CNI_COMMAND" = ADD ]; then
+  printf '%s' "$input" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))'
+fi
+"#
+    .replace("ENTERED", &entered.display().to_string())
+    .replace("GATE", &gate.display().to_string());
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        layout.dropins.join("60-plugins.toml"),
+        format!(
+            "[network]\nplugin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            plugins
+        ),
+    )
+    .unwrap();
+    let net = BridgeNet::install(&layout, &[r#"{"type": "e2e-gate"}"#]);
+    let d = Daemon::start_with(layout, &[]).await;
+    let mut c = d.runtime().await;
+    let fast = runp(&mut c, pod("fast")).await.unwrap();
+
+    let mut c2 = c.clone();
+    let slow = tokio::spawn(async move { runp(&mut c2, pod("slow")).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !entered.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate plugin never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The slow ADD is in progress now; these must answer without it finishing.
+    let list = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.list_pod_sandbox(ListPodSandboxRequest { filter: None }),
+    )
+    .await
+    .expect("List answered while a CNI ADD was blocked")
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        list.items.len(),
+        1,
+        "the pod being created is not listed yet"
+    );
+    assert!(!slow.is_finished(), "the slow ADD is still blocked");
+    let st = tokio::time::timeout(Duration::from_secs(10), status(&mut c, &fast))
+        .await
+        .expect("Status answered while a CNI ADD was blocked");
+    assert_eq!(state_of(&st), PodSandboxState::SandboxReady as i32);
+
+    std::fs::write(&gate, "").unwrap();
+    let slow_id = slow.await.unwrap().unwrap();
+    for id in [&fast, &slow_id] {
+        rmp(&mut c, id).await;
+    }
+    assert!(net.leases().is_empty());
 }

@@ -1,0 +1,153 @@
+//! Pod sandbox latency through the CRI client: RunPodSandbox, StopPodSandbox and
+//! RemovePodSandbox over N pods (default 50, `SLUICE_BENCH_PODS`) on a bridge network
+//! (Debian's bridge + host-local + loopback plugins, no host ports), plus the daemon's RSS idle
+//! and with all pods running, and where RunPodSandbox spends its time (the per-step timings
+//! the daemon logs for every pod). Root only.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cri_api::runtime::v1::{
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StopPodSandboxRequest,
+};
+use sluice_e2e::net::BridgeNet;
+use sluice_e2e::{Daemon, Layout};
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn report(name: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "{name:<22} n={:<4} p50={:>9.2?} p90={:>9.2?} max={:>9.2?}",
+        v.len(),
+        pct(&v, 0.5),
+        pct(&v, 0.9),
+        v[v.len() - 1]
+    );
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The `<step>_us=<n>` fields of the daemon's "pod sandbox set up" log lines.
+fn step_times(log: &str) -> HashMap<String, Vec<Duration>> {
+    let mut out: HashMap<String, Vec<Duration>> = HashMap::new();
+    for line in log.lines().filter(|l| l.contains("pod sandbox set up")) {
+        for field in line.split_whitespace() {
+            if let Some((k, v)) = field.split_once("_us=")
+                && let Ok(us) = v.parse::<u64>()
+            {
+                out.entry(k.to_string())
+                    .or_default()
+                    .push(Duration::from_micros(us));
+            }
+        }
+    }
+    out
+}
+
+fn pod(i: usize) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("bench-{i}"),
+            uid: format!("uid-{i}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{i}"),
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("SLUICE_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    println!("binary: {}", sluice_e2e::sluice_bin().display());
+    let layout = Layout::new("");
+    let _net = BridgeNet::install(&layout, &[]);
+    let d = Daemon::start_with(layout, &[]).await;
+    let mut c = d.runtime().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_kib(d.pid().as_raw());
+
+    // Warm-up: the first CNI call pays for page-cache misses of the plugin binaries.
+    let w = c
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod(usize::MAX)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: w })
+        .await
+        .unwrap();
+
+    let mut ids = Vec::with_capacity(n);
+    let mut run = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let id = c
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod(i)),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        run.push(t.elapsed());
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let loaded = rss_kib(d.pid().as_raw());
+
+    let mut stop = Vec::with_capacity(n);
+    for id in &ids {
+        let t = Instant::now();
+        c.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        stop.push(t.elapsed());
+    }
+    let mut remove = Vec::with_capacity(n);
+    for id in &ids {
+        let t = Instant::now();
+        c.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        remove.push(t.elapsed());
+    }
+
+    report("RunPodSandbox", run);
+    report("StopPodSandbox", stop);
+    report("RemovePodSandbox", remove);
+    println!("RunPodSandbox steps (daemon timers):");
+    let mut steps: Vec<_> = step_times(&d.layout.read_log()).into_iter().collect();
+    steps.sort_by(|a, b| a.0.cmp(&b.0));
+    for (step, v) in steps {
+        report(&format!("  {step}"), v);
+    }
+    println!("daemon RSS idle         {idle} KiB");
+    println!("daemon RSS with {n} pods {loaded} KiB");
+}
