@@ -11,6 +11,7 @@
 #![allow(clippy::print_stderr)]
 
 pub mod net;
+pub mod registry;
 
 use std::fs;
 use std::io;
