@@ -23,7 +23,10 @@ pub mod runtime;
 pub mod spec;
 pub mod stats;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
+
 pub use runtime::{
-    ContainerStatus, CreateRequest, Created, ExecOutcome, Runc, RuntimeConfig, RuntimeError,
-    StopOutcome,
+    ContainerRuntime, ContainerStatus, CreateRequest, Created, ExecOutcome, Runc, RuntimeConfig,
+    RuntimeError, StopOutcome,
 };

@@ -216,7 +216,11 @@ mod tests {
 
     #[test]
     fn options_order_and_validation() {
-        let mut o = Overlay::in_dir(Path::new("/c/1"), vec!["/l/top".into(), "/l/base".into()], false);
+        let mut o = Overlay::in_dir(
+            Path::new("/c/1"),
+            vec!["/l/top".into(), "/l/base".into()],
+            false,
+        );
         assert_eq!(
             o.options().unwrap(),
             "lowerdir=/l/top:/l/base,upperdir=/c/1/upper,workdir=/c/1/work"
@@ -225,7 +229,9 @@ mod tests {
         assert!(matches!(o.options(), Err(RootfsError::BadLayerPath(_))));
         o.lower.clear();
         assert!(matches!(o.options(), Err(RootfsError::NoLayers)));
-        o.lower = (0..200).map(|i| PathBuf::from(format!("/var/lib/sluice/layers/{i:040}"))).collect();
+        o.lower = (0..200)
+            .map(|i| PathBuf::from(format!("/var/lib/sluice/layers/{i:040}")))
+            .collect();
         assert!(matches!(o.options(), Err(RootfsError::OptionsTooLong(_))));
     }
 

@@ -73,7 +73,14 @@ impl RuntimeConfig {
 /// Resolves `name` against `PATH` (plus the sbin directories, which root's `PATH` may lack).
 pub fn find_in_path(name: &str) -> Result<PathBuf, RuntimeError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    let extra = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
     std::env::split_paths(&path)
         .chain(extra.iter().map(PathBuf::from))
         .map(|d| d.join(name))
@@ -118,7 +125,10 @@ pub enum RuntimeError {
     },
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
     move |source| RuntimeError::Io {
         op,
         path: path.to_path_buf(),
@@ -166,9 +176,15 @@ pub struct RuncState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerStatus {
     /// Created, not started.
-    Created { pid: i32 },
-    Running { pid: i32 },
-    Paused { pid: i32 },
+    Created {
+        pid: i32,
+    },
+    Running {
+        pid: i32,
+    },
+    Paused {
+        pid: i32,
+    },
     /// conmon recorded its exit. `code` is 128+signal for a killed process.
     Exited {
         code: i32,
@@ -177,7 +193,9 @@ pub enum ContainerStatus {
     },
     /// Neither runc nor conmon knows it (for example after a reboot), or their answers
     /// disagree; `reason` says which.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
 }
 
 /// How a stop ended.
@@ -286,7 +304,13 @@ impl Runc {
     }
 
     async fn runc(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, CmdError> {
-        cmd::run(&self.cfg.runc, &self.runc_args(args), stdin, self.cfg.command_timeout).await
+        cmd::run(
+            &self.cfg.runc,
+            &self.runc_args(args),
+            stdin,
+            self.cfg.command_timeout,
+        )
+        .await
     }
 
     /// Writes `config.json` and starts conmon, which runs `runc create`.
@@ -430,10 +454,11 @@ impl Runc {
             }
             Ok(Ok(_)) => {}
         }
-        let msg: SyncMsg = serde_json::from_str(line.trim()).map_err(|source| RuntimeError::Json {
-            what: format!("conmon's sync message {:?}", line.trim()),
-            source,
-        })?;
+        let msg: SyncMsg =
+            serde_json::from_str(line.trim()).map_err(|source| RuntimeError::Json {
+                what: format!("conmon's sync message {:?}", line.trim()),
+                source,
+            })?;
         if msg.pid <= 0 {
             return Err(fail(if msg.message.is_empty() {
                 "runc create failed without a message".into()
@@ -528,7 +553,11 @@ impl Runc {
 
     /// `runc delete --force`; a container runc does not know is fine.
     pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
-        match self.runc(&["delete", "--force", id], None).await.map_err(|e| classify(id, e)) {
+        match self
+            .runc(&["delete", "--force", id], None)
+            .await
+            .map_err(|e| classify(id, e))
+        {
             Ok(_) | Err(RuntimeError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -536,20 +565,30 @@ impl Runc {
 
     /// `runc state`; `None` when runc does not know the container.
     pub async fn state(&self, id: &str) -> Result<Option<RuncState>, RuntimeError> {
-        match self.runc(&["state", id], None).await.map_err(|e| classify(id, e)) {
-            Ok(out) => serde_json::from_slice(&out)
-                .map(Some)
-                .map_err(|source| RuntimeError::Json {
-                    what: format!("`runc state {id}`"),
-                    source,
-                }),
+        match self
+            .runc(&["state", id], None)
+            .await
+            .map_err(|e| classify(id, e))
+        {
+            Ok(out) => {
+                serde_json::from_slice(&out)
+                    .map(Some)
+                    .map_err(|source| RuntimeError::Json {
+                        what: format!("`runc state {id}`"),
+                        source,
+                    })
+            }
             Err(RuntimeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// `runc update --resources -`.
-    pub async fn update(&self, id: &str, resources: &oci::LinuxResources) -> Result<(), RuntimeError> {
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: &oci::LinuxResources,
+    ) -> Result<(), RuntimeError> {
         let json = serde_json::to_vec(resources).map_err(|source| RuntimeError::Json {
             what: "resources".into(),
             source,
@@ -671,7 +710,12 @@ impl Runc {
 
     /// Asks conmon to reopen the container's log file (after the kubelet rotated it) and waits
     /// until the file exists again.
-    pub async fn reopen_log(&self, id: &str, bundle: &Path, log_path: &Path) -> Result<(), RuntimeError> {
+    pub async fn reopen_log(
+        &self,
+        id: &str,
+        bundle: &Path,
+        log_path: &Path,
+    ) -> Result<(), RuntimeError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let ctl = BundleFiles::new(bundle).ctl;
@@ -682,7 +726,10 @@ impl Runc {
             .open(&ctl)
         {
             Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) || e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO)
+                    || e.kind() == std::io::ErrorKind::NotFound =>
+            {
                 return Err(RuntimeError::NotRunning(id.to_string()));
             }
             Err(e) => return Err(io_err("opening", &ctl)(e)),
@@ -707,7 +754,11 @@ impl Runc {
     /// the daemon has no memory of it. Exit records win (conmon wrote them after the process
     /// died); without one, runc's state decides; a `stopped` container gets a short grace for
     /// conmon to write its record.
-    pub async fn reconcile(&self, id: &str, bundle: &Path) -> Result<ContainerStatus, RuntimeError> {
+    pub async fn reconcile(
+        &self,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<ContainerStatus, RuntimeError> {
         if let Some((code, finished_at, oom_killed)) = read_exit(bundle)? {
             return Ok(ContainerStatus::Exited {
                 code,
@@ -736,7 +787,9 @@ impl Runc {
                     });
                 }
                 Ok(ContainerStatus::Unknown {
-                    reason: format!("runc says {other:?} but conmon left no exit record (conmon killed?)"),
+                    reason: format!(
+                        "runc says {other:?} but conmon left no exit record (conmon killed?)"
+                    ),
                 })
             }
         }
@@ -809,9 +862,129 @@ fn classify(id: &str, e: CmdError) -> RuntimeError {
     let s = e.stderr();
     if s.contains("does not exist") || s.contains("container not found") {
         RuntimeError::NotFound(id.to_string())
-    } else if s.contains("not running") || s.contains("no such process") || s.contains("process already finished") {
+    } else if s.contains("not running")
+        || s.contains("no such process")
+        || s.contains("process already finished")
+    {
         RuntimeError::NotRunning(id.to_string())
     } else {
         RuntimeError::Command(e)
+    }
+}
+
+/// A boxed future, so [`ContainerRuntime`] works as `Arc<dyn ContainerRuntime>`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The edge `pods` drives: one container's life in the OCI runtime. [`Runc`] is the real
+/// implementation; `fake::FakeRuntime` (feature `test-util`) the test double.
+pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
+    /// Writes the bundle's `config.json` and creates the container (not started).
+    fn create<'a>(
+        &'a self,
+        req: &'a CreateRequest<'a>,
+    ) -> BoxFuture<'a, Result<Created, RuntimeError>>;
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    fn kill<'a>(
+        &'a self,
+        id: &'a str,
+        signal: i32,
+        all: bool,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Stop signal, then SIGKILL after `timeout` (zero: at once).
+    fn stop<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        signal: i32,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<StopOutcome, RuntimeError>>;
+    /// Forgets the container in runc (force-killing it); idempotent.
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    /// The container's state from its exit record and runc (also after a restart).
+    fn status<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+    ) -> BoxFuture<'a, Result<ContainerStatus, RuntimeError>>;
+    fn exec_sync<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        process: &'a oci::Process,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<ExecOutcome, RuntimeError>>;
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        resources: &'a oci::LinuxResources,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    fn reopen_log<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        log_path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+}
+
+impl ContainerRuntime for Runc {
+    fn create<'a>(
+        &'a self,
+        req: &'a CreateRequest<'a>,
+    ) -> BoxFuture<'a, Result<Created, RuntimeError>> {
+        Box::pin(Runc::create(self, req))
+    }
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(Runc::start(self, id))
+    }
+    fn kill<'a>(
+        &'a self,
+        id: &'a str,
+        signal: i32,
+        all: bool,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(Runc::kill(self, id, signal, all))
+    }
+    fn stop<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        signal: i32,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<StopOutcome, RuntimeError>> {
+        Box::pin(Runc::stop(self, id, bundle, signal, timeout))
+    }
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(Runc::delete(self, id))
+    }
+    fn status<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+    ) -> BoxFuture<'a, Result<ContainerStatus, RuntimeError>> {
+        Box::pin(Runc::reconcile(self, id, bundle))
+    }
+    fn exec_sync<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        process: &'a oci::Process,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<ExecOutcome, RuntimeError>> {
+        Box::pin(Runc::exec_sync(self, id, bundle, process, timeout))
+    }
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        resources: &'a oci::LinuxResources,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(Runc::update(self, id, resources))
+    }
+    fn reopen_log<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        log_path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(Runc::reopen_log(self, id, bundle, log_path))
     }
 }

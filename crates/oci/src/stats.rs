@@ -93,7 +93,9 @@ fn read(path: PathBuf) -> Result<String, StatsError> {
 
 fn read_u64(path: PathBuf) -> Result<u64, StatsError> {
     let s = read(path.clone())?;
-    s.trim().parse().map_err(|_| StatsError::Parse { path, content: s })
+    s.trim()
+        .parse()
+        .map_err(|_| StatsError::Parse { path, content: s })
 }
 
 /// A `key value` line of a stat file.
@@ -120,7 +122,10 @@ pub fn cgroup_stats(h: &Hierarchies, cgroup: &str) -> Result<CgroupStats, StatsE
             memory_usage_bytes: usage,
         });
     }
-    let cpu_root = h.cpuacct.as_ref().ok_or(StatsError::NoHierarchy("cpuacct"))?;
+    let cpu_root = h
+        .cpuacct
+        .as_ref()
+        .ok_or(StatsError::NoHierarchy("cpuacct"))?;
     let mem_root = h.memory.as_ref().ok_or(StatsError::NoHierarchy("memory"))?;
     let cpu = read_u64(cpu_root.join(rel).join("cpuacct.usage"))?;
     let mdir = mem_root.join(rel);
@@ -181,18 +186,50 @@ mod tests {
             "inactive_file 1\ntotal_inactive_file 300\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("mem/p/c/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        std::fs::write(
+            d.path().join("mem/p/c/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
         let s = cgroup_stats(&v1, "/p/c").unwrap();
-        assert_eq!(s, CgroupStats { cpu_usage_ns: 12345, memory_working_set_bytes: 700, memory_usage_bytes: 1000 });
+        assert_eq!(
+            s,
+            CgroupStats {
+                cpu_usage_ns: 12345,
+                memory_working_set_bytes: 700,
+                memory_usage_bytes: 1000
+            }
+        );
         assert_eq!(oom_kills(&v1, "/p/c").unwrap(), 2);
 
-        let v2 = Hierarchies { unified: Some(d.path().join("u")), ..Default::default() };
+        let v2 = Hierarchies {
+            unified: Some(d.path().join("u")),
+            ..Default::default()
+        };
         std::fs::create_dir_all(d.path().join("u/p/c")).unwrap();
-        std::fs::write(d.path().join("u/p/c/cpu.stat"), "usage_usec 7\nuser_usec 5\n").unwrap();
+        std::fs::write(
+            d.path().join("u/p/c/cpu.stat"),
+            "usage_usec 7\nuser_usec 5\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("u/p/c/memory.current"), "5000\n").unwrap();
-        std::fs::write(d.path().join("u/p/c/memory.stat"), "anon 1\ninactive_file 1000\n").unwrap();
+        std::fs::write(
+            d.path().join("u/p/c/memory.stat"),
+            "anon 1\ninactive_file 1000\n",
+        )
+        .unwrap();
         let s = cgroup_stats(&v2, "p/c").unwrap();
-        assert_eq!(s, CgroupStats { cpu_usage_ns: 7000, memory_working_set_bytes: 4000, memory_usage_bytes: 5000 });
-        assert!(matches!(cgroup_stats(&v2, "/missing"), Err(StatsError::Read { .. })));
+        assert_eq!(
+            s,
+            CgroupStats {
+                cpu_usage_ns: 7000,
+                memory_working_set_bytes: 4000,
+                memory_usage_bytes: 5000
+            }
+        );
+        assert!(matches!(
+            cgroup_stats(&v2, "/missing"),
+            Err(StatsError::Read { .. })
+        ));
     }
 }

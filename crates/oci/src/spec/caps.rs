@@ -199,21 +199,34 @@ mod tests {
 
     #[test]
     fn privileged_and_add_all_are_exactly_the_bounding_set() {
-        assert_eq!(container_caps(&req(&[], &[]), true, &defaults(), BND), Ok(BND));
-        assert_eq!(container_caps(&req(&["ALL"], &[]), false, &defaults(), BND), Ok(BND));
+        assert_eq!(
+            container_caps(&req(&[], &[]), true, &defaults(), BND),
+            Ok(BND)
+        );
+        assert_eq!(
+            container_caps(&req(&["ALL"], &[]), false, &defaults(), BND),
+            Ok(BND)
+        );
         let caps = container_caps(&req(&["all"], &["net_raw"]), false, &defaults(), BND).unwrap();
         assert_eq!(caps, BND & !(1 << 13));
     }
 
     #[test]
     fn drop_all_then_add_named() {
-        assert_eq!(container_caps(&req(&[], &["ALL"]), false, &defaults(), BND), Ok(0));
-        let caps =
-            container_caps(&req(&["NET_BIND_SERVICE"], &["ALL"]), false, &defaults(), BND)
-                .unwrap();
+        assert_eq!(
+            container_caps(&req(&[], &["ALL"]), false, &defaults(), BND),
+            Ok(0)
+        );
+        let caps = container_caps(
+            &req(&["NET_BIND_SERVICE"], &["ALL"]),
+            false,
+            &defaults(),
+            BND,
+        )
+        .unwrap();
         assert_eq!(names(caps), vec!["CAP_NET_BIND_SERVICE".to_string()]);
-        let caps = container_caps(&req(&["CAP_NET_ADMIN"], &["KILL"]), false, &defaults(), BND)
-            .unwrap();
+        let caps =
+            container_caps(&req(&["CAP_NET_ADMIN"], &["KILL"]), false, &defaults(), BND).unwrap();
         let n = names(caps);
         assert!(n.contains(&"CAP_NET_ADMIN".to_string()) && !n.contains(&"CAP_KILL".to_string()));
     }

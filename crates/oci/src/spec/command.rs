@@ -34,7 +34,11 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// Merges `KEY=VALUE` environments: the image's first, then the config's, a later key replacing
 /// an earlier one in place (so the order of first appearance is kept). Adds `PATH` when missing
 /// and each of `extra` (`HOME`, `HOSTNAME`, `TERM`) only when neither source set it.
-pub fn merge_env(image: &[String], config: &[(String, String)], extra: &[(&str, &str)]) -> Vec<String> {
+pub fn merge_env(
+    image: &[String],
+    config: &[(String, String)],
+    extra: &[(&str, &str)],
+) -> Vec<String> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| {
         if let Some(slot) = out.iter_mut().find(|(key, _)| key == k) {
@@ -77,9 +81,15 @@ mod tests {
     fn kubernetes_command_rules() {
         let ep = v(&["/ep"]);
         let cmd = v(&["cmd-arg"]);
-        assert_eq!(merge_command(&[], &[], &ep, &cmd), Some(v(&["/ep", "cmd-arg"])));
+        assert_eq!(
+            merge_command(&[], &[], &ep, &cmd),
+            Some(v(&["/ep", "cmd-arg"]))
+        );
         assert_eq!(merge_command(&v(&["/c"]), &[], &ep, &cmd), Some(v(&["/c"])));
-        assert_eq!(merge_command(&[], &v(&["a"]), &ep, &cmd), Some(v(&["/ep", "a"])));
+        assert_eq!(
+            merge_command(&[], &v(&["a"]), &ep, &cmd),
+            Some(v(&["/ep", "a"]))
+        );
         assert_eq!(
             merge_command(&v(&["/c"]), &v(&["a", "b"]), &ep, &cmd),
             Some(v(&["/c", "a", "b"]))
@@ -96,7 +106,10 @@ mod tests {
             &[("B".into(), "3".into()), ("C".into(), "x=y".into())],
             &[("HOME", "/root"), ("B", "ignored")],
         );
-        assert_eq!(env, v(&["A=1", "PATH=/img", "B=3", "NOVALUE=", "C=x=y", "HOME=/root"]));
+        assert_eq!(
+            env,
+            v(&["A=1", "PATH=/img", "B=3", "NOVALUE=", "C=x=y", "HOME=/root"])
+        );
         let env = merge_env(&[], &[], &[]);
         assert_eq!(env, vec![format!("PATH={DEFAULT_PATH}")]);
     }

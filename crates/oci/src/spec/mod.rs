@@ -226,7 +226,10 @@ impl Host {
             .find_map(|l| l.strip_prefix("CapEff:"))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0);
-        let oom_score_adj = read("/proc/self/oom_score_adj")?.trim().parse().unwrap_or(0);
+        let oom_score_adj = read("/proc/self/oom_score_adj")?
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
         Ok(Self {
             bounding_caps,
@@ -244,7 +247,10 @@ impl Host {
 
     /// CRI-O's default capability names.
     pub fn default_capability_names() -> Vec<String> {
-        caps::DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect()
+        caps::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 }
 
@@ -267,7 +273,10 @@ pub fn host_devices(dir: &Path) -> Vec<oci::Device> {
             let name = name.to_string_lossy();
             let ft = md.file_type();
             if ft.is_dir() {
-                if !matches!(name.as_ref(), "pts" | "shm" | "mqueue" | "fd" | ".lxc" | ".udev") {
+                if !matches!(
+                    name.as_ref(),
+                    "pts" | "shm" | "mqueue" | "fd" | ".lxc" | ".udev"
+                ) {
                     stack.push(path);
                 }
                 continue;
@@ -301,7 +310,9 @@ pub fn host_devices(dir: &Path) -> Vec<oci::Device> {
 /// A spec that cannot be generated.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("no command to run: the config has no command or args and the image no Entrypoint or Cmd")]
+    #[error(
+        "no command to run: the config has no command or args and the image no Entrypoint or Cmd"
+    )]
     NoCommand,
     #[error(transparent)]
     User(#[from] UserError),
@@ -311,14 +322,19 @@ pub enum SpecError {
         "apparmor profile {0:?} requested, but AppArmor is not enabled on this node (sluice supports only unconfined here)"
     )]
     AppArmorUnavailable(String),
-    #[error("apparmor profile runtime/default is not supported by sluice yet; use unconfined or localhost/<profile>")]
+    #[error(
+        "apparmor profile runtime/default is not supported by sluice yet; use unconfined or localhost/<profile>"
+    )]
     AppArmorRuntimeDefault,
     #[error("seccomp profile {path}: {message}")]
     SeccompProfile { path: PathBuf, message: String },
     #[error("cgroup v2 unified resources given, but this node uses cgroup v1")]
     UnifiedOnV1,
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
@@ -383,8 +399,12 @@ pub fn read_rootfs_file(root: &Path, rel: &str) -> Result<Option<String>, SpecEr
         path: root.join(rel),
         source,
     };
-    let dir = open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| err(e.into()))?;
+    let dir = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -444,8 +464,13 @@ pub fn generate(spec: &ContainerSpec, host: &Host) -> Result<Generated, SpecErro
     let sec = &spec.security;
     let mut adjustments = Vec::new();
 
-    let args = command::merge_command(&spec.command, &spec.args, &spec.image.entrypoint, &spec.image.cmd)
-        .ok_or(SpecError::NoCommand)?;
+    let args = command::merge_command(
+        &spec.command,
+        &spec.args,
+        &spec.image.entrypoint,
+        &spec.image.cmd,
+    )
+    .ok_or(SpecError::NoCommand)?;
     let user = resolve_user(spec)?;
     let hostname_env = if spec.hostname.is_empty() {
         None
@@ -495,10 +520,11 @@ pub fn generate(spec: &ContainerSpec, host: &Host) -> Result<Generated, SpecErro
             Seccomp::Unconfined => None,
             Seccomp::RuntimeDefault => Some(seccomp::runtime_default(cap_mask)),
             Seccomp::Localhost(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| SpecError::SeccompProfile {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| SpecError::SeccompProfile {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
                 let v: serde_json::Value =
                     serde_json::from_str(&text).map_err(|e| SpecError::SeccompProfile {
                         path: path.clone(),
@@ -568,14 +594,31 @@ pub fn generate(spec: &ContainerSpec, host: &Host) -> Result<Generated, SpecErro
     };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
         mount("/sys", "sysfs", "sysfs", sys_opts),
         mount("/sys/fs/cgroup", "cgroup", "cgroup", cg_opts),
     ];
@@ -711,7 +754,9 @@ pub fn generate(spec: &ContainerSpec, host: &Host) -> Result<Generated, SpecErro
         });
     }
     if r.pids_limit > 0 {
-        res.pids = Some(oci::Pids { limit: r.pids_limit });
+        res.pids = Some(oci::Pids {
+            limit: r.pids_limit,
+        });
     }
     res.hugepage_limits = r
         .hugepage_limits
@@ -730,14 +775,21 @@ pub fn generate(spec: &ContainerSpec, host: &Host) -> Result<Generated, SpecErro
             o.clone()
                 .unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect())
         };
-        (own(&sec.masked_paths, MASKED_PATHS), own(&sec.readonly_paths, READONLY_PATHS))
+        (
+            own(&sec.masked_paths, MASKED_PATHS),
+            own(&sec.readonly_paths, READONLY_PATHS),
+        )
     };
 
     let linux = oci::Linux {
         resources: Some(res),
         cgroups_path: cgroup_path(&spec.cgroup_parent, &spec.id),
         namespaces,
-        devices: if privileged { host.devices.clone() } else { Vec::new() },
+        devices: if privileged {
+            host.devices.clone()
+        } else {
+            Vec::new()
+        },
         seccomp,
         rootfs_propagation,
         masked_paths: masked,
@@ -823,7 +875,11 @@ mod tests {
         assert_eq!(s.process.args, vec!["/bin/sh", "-c", "true"]);
         assert_eq!(s.process.cwd, "/work");
         assert_eq!(
-            (s.process.user.uid, s.process.user.gid, s.process.user.additional_gids.clone()),
+            (
+                s.process.user.uid,
+                s.process.user.gid,
+                s.process.user.additional_gids.clone()
+            ),
             (1000, 1000, vec![1000, 3000])
         );
         assert!(s.process.env.contains(&"HOME=/home/app".to_string()));
@@ -835,7 +891,7 @@ mod tests {
         assert!(caps.inheritable.is_empty());
         let kinds: Vec<&str> = s.linux.namespaces.iter().map(|n| n.kind.as_str()).collect();
         assert_eq!(kinds, vec!["mount", "network", "ipc", "uts", "pid"]);
-        assert_eq!(s.linux.resources.as_ref().unwrap().devices[0].allow, false);
+        assert!(!s.linux.resources.as_ref().unwrap().devices[0].allow);
         let json = serde_json::to_value(s).unwrap();
         assert_eq!(json["linux"]["cgroupsPath"], "/sluice/sluice-abc");
         assert_eq!(json["process"]["oomScoreAdj"], 0);
@@ -848,8 +904,11 @@ mod tests {
         // An absolute symlink resolves inside the rootfs, where /etc/hostname-x does not exist.
         std::os::unix::fs::symlink("/etc/hostname", root.path().join("etc/passwd")).unwrap();
         assert_eq!(read_rootfs_file(root.path(), "etc/passwd").unwrap(), None);
-        std::os::unix::fs::symlink("../../../../../../etc/hostname", root.path().join("etc/group"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../../etc/hostname",
+            root.path().join("etc/group"),
+        )
+        .unwrap();
         assert_eq!(read_rootfs_file(root.path(), "etc/group").unwrap(), None);
     }
 
@@ -867,7 +926,11 @@ mod tests {
         assert!(!s.process.no_new_privileges);
         assert_eq!(s.linux.devices.len(), 1);
         assert!(s.linux.resources.unwrap().devices[0].allow);
-        assert!(s.mounts.iter().any(|m| m.destination == "/sys" && m.options.contains(&"rw".into())));
+        assert!(
+            s.mounts
+                .iter()
+                .any(|m| m.destination == "/sys" && m.options.contains(&"rw".into()))
+        );
     }
 
     #[test]
@@ -897,7 +960,10 @@ mod tests {
                 ("pid".into(), "/proc/42/ns/pid".into()),
             ]
         );
-        assert_eq!(s.hostname, "", "a joined UTS namespace keeps the pod's hostname");
+        assert_eq!(
+            s.hostname, "",
+            "a joined UTS namespace keeps the pod's hostname"
+        );
         c.namespaces.pid = PidMode::Node;
         let s = generate(&c, &host()).unwrap().spec;
         assert!(!s.linux.namespaces.iter().any(|n| n.kind == "pid"));
@@ -935,13 +1001,30 @@ mod tests {
             },
         ];
         let s = generate(&c, &host()).unwrap().spec;
-        let find = |d: &str| s.mounts.iter().filter(|m| m.destination == d).collect::<Vec<_>>();
+        let find = |d: &str| {
+            s.mounts
+                .iter()
+                .filter(|m| m.destination == d)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(find("/etc/hosts").len(), 1);
         assert_eq!(find("/etc/hosts")[0].source, "/kubelet/hosts");
-        assert!(find("/etc/resolv.conf")[0].options.contains(&"ro".to_string()));
+        assert!(
+            find("/etc/resolv.conf")[0]
+                .options
+                .contains(&"ro".to_string())
+        );
         assert_eq!(find("/dev/shm")[0].source, "/pod/shm");
-        let data = s.mounts.iter().position(|m| m.destination == "/data").unwrap();
-        let sub = s.mounts.iter().position(|m| m.destination == "/data/sub").unwrap();
+        let data = s
+            .mounts
+            .iter()
+            .position(|m| m.destination == "/data")
+            .unwrap();
+        let sub = s
+            .mounts
+            .iter()
+            .position(|m| m.destination == "/data/sub")
+            .unwrap();
         assert!(data < sub, "parents mount first");
         assert_eq!(s.mounts[data].options, vec!["rbind", "rprivate", "ro"]);
         assert_eq!(s.mounts[sub].options, vec!["rbind", "rslave"]);
@@ -985,7 +1068,10 @@ mod tests {
         assert_eq!(r.hugepage_limits[0].page_size, "2MB");
         // With CAP_SYS_RESOURCE nothing is clamped.
         h.has_sys_resource = true;
-        assert_eq!(generate(&c, &h).unwrap().spec.process.oom_score_adj, Some(-998));
+        assert_eq!(
+            generate(&c, &h).unwrap().spec.process.oom_score_adj,
+            Some(-998)
+        );
         c.resources.unified.insert("memory.high".into(), "1".into());
         assert!(matches!(generate(&c, &h), Err(SpecError::UnifiedOnV1)));
     }
@@ -1008,7 +1094,10 @@ mod tests {
         let p = root.path().join("profile.json");
         std::fs::write(&p, "{\"syscalls\": []}").unwrap();
         c.security.seccomp = Seccomp::Localhost(p.clone());
-        assert!(matches!(generate(&c, &host()), Err(SpecError::SeccompProfile { .. })));
+        assert!(matches!(
+            generate(&c, &host()),
+            Err(SpecError::SeccompProfile { .. })
+        ));
         std::fs::write(&p, "{\"defaultAction\": \"SCMP_ACT_ALLOW\"}").unwrap();
         assert!(generate(&c, &host()).unwrap().spec.linux.seccomp.is_some());
     }
@@ -1022,6 +1111,11 @@ mod tests {
         assert!(matches!(generate(&c, &host()), Err(SpecError::NoCommand)));
         let mut c = base(root.path());
         c.image.user = "ghost".into();
-        assert!(generate(&c, &host()).unwrap_err().to_string().contains("ghost"));
+        assert!(
+            generate(&c, &host())
+                .unwrap_err()
+                .to_string()
+                .contains("ghost")
+        );
     }
 }

@@ -161,7 +161,10 @@ mod tests {
         }
         assert_eq!(p["defaultAction"], "SCMP_ACT_ALLOW");
         // One rule per namespace flag of clone.
-        assert_eq!(p["syscalls"].as_array().unwrap().len(), 2 + CLONE_NS_FLAGS.len());
+        assert_eq!(
+            p["syscalls"].as_array().unwrap().len(),
+            2 + CLONE_NS_FLAGS.len()
+        );
     }
 
     #[test]

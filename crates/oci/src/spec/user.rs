@@ -153,7 +153,10 @@ pub fn resolve_user(
 
     let mut additional = vec![gid];
     if let Some(e) = entry {
-        for g in groups.iter().filter(|g| g.members.iter().any(|m| m == &e.name)) {
+        for g in groups
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m == &e.name))
+        {
             if !additional.contains(&g.gid) {
                 additional.push(g.gid);
             }
@@ -260,7 +263,10 @@ staff:x:50:
         assert_eq!(img("daemon").unwrap().uid, 1);
         assert_eq!(img("5:5").unwrap().additional_gids, vec![5]);
         assert_eq!(img("ghost"), Err(UserError::UnknownUser("ghost".into())));
-        assert_eq!(img("app:ghosts"), Err(UserError::UnknownGroup("ghosts".into())));
+        assert_eq!(
+            img("app:ghosts"),
+            Err(UserError::UnknownGroup("ghosts".into()))
+        );
         assert_eq!(
             resolve(UserRequest {
                 username: Some("ghost".into()),

@@ -19,13 +19,20 @@ pub fn require_root() {
         "the oci runtime tests need root (runc, conmon, overlay mounts, cgroups)"
     );
     for bin in ["/usr/sbin/runc", "/usr/bin/conmon", "/bin/busybox"] {
-        assert!(Path::new(bin).exists(), "{bin} is missing: apt-get install runc conmon busybox-static");
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: apt-get install runc conmon busybox-static"
+        );
     }
 }
 
 /// A unique, short container id.
 pub fn unique_id(tag: &str) -> String {
-    format!("t{}-{}-{tag}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}-{}-{tag}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One test's world: a temp dir holding runc's root, exits, attach links, the busybox layer,
@@ -41,7 +48,10 @@ pub struct World {
 impl World {
     pub fn new() -> Self {
         require_root();
-        let dir = tempfile::Builder::new().prefix("oci-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("oci-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let mut cfg = RuntimeConfig::new(dir.path()).unwrap();
         cfg.command_timeout = Duration::from_secs(20);
         cfg.create_timeout = Duration::from_secs(30);
@@ -76,7 +86,11 @@ impl World {
     pub async fn create(&self, spec: ContainerSpec) -> Container {
         let id = spec.id.clone();
         let bundle = self.dir.path().join(&id);
-        let overlay = Overlay::in_dir(&bundle.join("rootfs"), vec![self.layer.clone()], spec.readonly_rootfs);
+        let overlay = Overlay::in_dir(
+            &bundle.join("rootfs"),
+            vec![self.layer.clone()],
+            spec.readonly_rootfs,
+        );
         let mut guard = Container {
             id: id.clone(),
             bundle: bundle.clone(),
@@ -136,7 +150,11 @@ impl Container {
             if let Some((code, _, _)) = oci::runtime::read_exit(&self.bundle).unwrap() {
                 return code;
             }
-            assert!(Instant::now() < deadline, "container {} did not exit within {within:?}", self.id);
+            assert!(
+                Instant::now() < deadline,
+                "container {} did not exit within {within:?}",
+                self.id
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -200,24 +218,39 @@ impl Drop for Container {
             .and_then(|s| s.trim().parse::<i32>().ok())
         {
             // Only if it is still our conmon (pid reuse).
-            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline =
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if cmdline.contains("conmon") && cmdline.contains(&self.id) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         let _ = self.overlay.unmount();
-        for root in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for root in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let leaf = root.path().join(self.cgroup.trim_start_matches('/'));
             for _ in 0..50 {
                 match std::fs::remove_dir(&leaf) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     _ => break,
                 }
             }
-            let _ = std::fs::remove_dir(root.path().join(self.cgroup_parent.trim_start_matches('/')));
+            let _ =
+                std::fs::remove_dir(root.path().join(self.cgroup_parent.trim_start_matches('/')));
         }
         if std::thread::panicking() {
-            eprintln!("log of {}:\n{}", self.id, std::fs::read_to_string(&self.log).unwrap_or_default());
+            eprintln!(
+                "log of {}:\n{}",
+                self.id,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
     }
 }
@@ -227,13 +260,18 @@ impl Drop for Container {
 pub fn busybox_rootfs(dir: &Path) {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    let out = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
         if applet != "busybox" {
             let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
         }
     }
-    for d in ["etc", "proc", "sys", "dev", "tmp", "root", "home/app", "work", "mnt"] {
+    for d in [
+        "etc", "proc", "sys", "dev", "tmp", "root", "home/app", "work", "mnt",
+    ] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::write(
@@ -241,7 +279,11 @@ pub fn busybox_rootfs(dir: &Path) {
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
     )
     .unwrap();
-    std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
