@@ -10,7 +10,12 @@ CARGO ?= cargo
 #   iptables .................... the bridge CNI plugin's ipMasq in the shipped conflist
 #   containernetworking-plugins . CNI reference plugins (bridge, host-local, loopback) in /usr/lib/cni
 #   python3 ..................... tiny TCP/UDP servers inside test network namespaces
-DEB_PACKAGES := iproute2 util-linux procps nftables conntrack iptables containernetworking-plugins python3 ca-certificates
+#   docker-registry ............. a real OCI registry for the image tests (on 127.0.0.1)
+#   busybox-static .............. the root filesystem of test images
+#   attr ........................ getfattr, to check xattrs through overlayfs in tests
+DEB_PACKAGES := iproute2 util-linux procps nftables conntrack iptables containernetworking-plugins python3 ca-certificates docker-registry busybox-static attr
+# Only for `make bench`: the skopeo + umoci baseline of the image pull benchmark.
+BENCH_PACKAGES := skopeo umoci
 
 RELEASE_BIN := target/release/sluice
 CNI_CONF_DIR := /etc/cni/net.d
@@ -21,7 +26,12 @@ help: ## List the targets
 
 .PHONY: deps
 deps: ## Install the Debian packages and cargo tools sluice needs (idempotent, skips what is present)
-	@missing=(); for p in $(DEB_PACKAGES); do \
+	@$(MAKE) --no-print-directory install-debs PACKAGES="$(DEB_PACKAGES)"
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+.PHONY: install-debs
+install-debs:
+	@missing=(); for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$$p"); \
 	done; \
 	if [ $${#missing[@]} -gt 0 ]; then \
@@ -29,7 +39,6 @@ deps: ## Install the Debian packages and cargo tools sluice needs (idempotent, s
 	  apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}"; \
 	else echo "debian packages: all present"; fi
-	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
 .PHONY: build
 build: ## Build the release binary (target/release/sluice)
@@ -54,7 +63,7 @@ test-unit: ## Unit tests only (library and binary code, no privileges needed)
 
 .PHONY: test-kernel
 test-kernel: deps ## Kernel tests of the subsystem crates (root: netns, nftables, CNI plugins)
-	$(CARGO) nextest run --all-features -p nsmgr -p cnimgr -p hostport --tests
+	$(CARGO) nextest run --all-features -p nsmgr -p cnimgr -p hostport -p images --tests
 
 .PHONY: test-e2e
 test-e2e: deps ## End-to-end tests: the real daemon driven by a CRI client (root)
@@ -72,11 +81,13 @@ fmt: ## Format the code
 
 .PHONY: bench
 bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
+	@$(MAKE) --no-print-directory install-debs PACKAGES="$(BENCH_PACKAGES)"
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench daemon
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods
 	$(CARGO) bench -p nsmgr --bench ns_latency
 	$(CARGO) bench -p cnimgr --bench cni_add_del
 	$(CARGO) bench -p hostport --bench hostport_scale
+	$(CARGO) bench -p images --bench pull
 
 .PHONY: clean
 clean: ## Remove build output

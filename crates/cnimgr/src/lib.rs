@@ -22,6 +22,7 @@ mod cache;
 pub mod config;
 mod error;
 mod exec;
+mod metrics;
 mod pod;
 mod result;
 
@@ -37,6 +38,7 @@ pub use cache::{CacheEntry, ResultCache};
 pub use config::{InvalidConfig, NetworkConfigList, PluginConf};
 pub use error::{CniError, PluginError, Result};
 pub use exec::Command;
+pub use metrics::CniMetrics;
 pub use pod::{
     DEFAULT_IFNAME, EGRESS_BANDWIDTH_ANNOTATION, INGRESS_BANDWIDTH_ANNOTATION, IpRange, PodNetwork,
     PortMapping, parse_quantity,
@@ -150,6 +152,7 @@ struct Inner {
     gc_lock: tokio::sync::RwLock<()>,
     plugin_nanos: AtomicU64,
     plugin_calls: AtomicU64,
+    metrics: CniMetrics,
 }
 
 /// The CNI network manager. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -187,6 +190,12 @@ impl CniManager {
     /// [`start_watching`](Self::start_watching) to follow changes.
     #[must_use]
     pub fn new(config: CniConfig) -> Self {
+        Self::with_metrics(config, CniMetrics::default())
+    }
+
+    /// Like [`new`](Self::new), recording plugin timings and failures in `metrics`.
+    #[must_use]
+    pub fn with_metrics(config: CniConfig, metrics: CniMetrics) -> Self {
         let cni_path = config
             .plugin_dirs
             .iter()
@@ -202,6 +211,7 @@ impl CniManager {
             gc_lock: tokio::sync::RwLock::new(()),
             plugin_nanos: AtomicU64::new(0),
             plugin_calls: AtomicU64::new(0),
+            metrics,
         });
         inner.reload();
         Self {
@@ -838,6 +848,16 @@ impl Inner {
 
     /// Build the plugin's stdin and run it.
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(
+        name = "cni_plugin",
+        skip_all,
+        fields(
+            plugin = %plugin.plugin_type,
+            command = command.as_str(),
+            network = %list.name,
+            otel.status_code = tracing::field::Empty,
+        )
+    )]
     async fn invoke(
         &self,
         command: Command,
@@ -851,6 +871,11 @@ impl Inner {
         timeout: Duration,
     ) -> Result<Vec<u8>> {
         let stdin = plugin_stdin(list, plugin, caps, prev, extra);
+        let labels = metrics::PluginLabels {
+            plugin: plugin.plugin_type.clone(),
+            command: command.as_str().to_owned(),
+        };
+        let started = std::time::Instant::now();
         let out = exec::run(Invocation {
             command,
             plugin: &plugin.plugin_type,
@@ -860,7 +885,19 @@ impl Inner {
             stdin,
             timeout,
         })
-        .await?;
+        .await;
+        self.metrics
+            .duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                self.metrics.errors.get_or_create(&labels).inc();
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                return Err(e);
+            }
+        };
         self.plugin_calls.fetch_add(1, Ordering::Relaxed);
         self.plugin_nanos.fetch_add(
             u64::try_from(out.elapsed.as_nanos()).unwrap_or(u64::MAX),

@@ -20,6 +20,7 @@
 
 pub mod cgroup;
 pub mod files;
+mod metrics;
 pub mod net;
 pub mod store;
 pub mod types;
@@ -39,6 +40,7 @@ use nsmgr::{NamespaceManager, NamespaceMode, NamespaceRequest, PodId};
 use tracing::Instrument;
 
 pub use cgroup::{CgroupError, CgroupFs, Cgroups};
+pub use metrics::PodMetrics;
 pub use net::{Attached, CniNetworking, NetAttach, PodNetworking, Readiness};
 pub use store::{Store, StoreError};
 pub use types::{
@@ -173,6 +175,8 @@ pub struct Deps {
     pub cgroups: Arc<dyn Cgroups>,
     /// Whether a pinned namespace is still alive ([`is_live_namespace`] on real systems).
     pub namespace_alive: fn(&Path) -> bool,
+    /// Where timings and counts go (`PodMetrics::default()` when nobody scrapes).
+    pub metrics: PodMetrics,
 }
 
 /// What start-up recovery found and did.
@@ -470,6 +474,7 @@ impl PodManager {
             return Err(e);
         }
         self.write_pods().insert(id, Entry::new(rec.clone()));
+        self.refresh_gauges();
         Ok(rec)
     }
 
@@ -503,7 +508,7 @@ impl PodManager {
         };
         let nsm = Arc::clone(&self.deps.namespaces);
         let created = tokio::task::spawn_blocking(move || nsm.create(&pod_id, &request))
-            .instrument(tracing::debug_span!("nsmgr_create"))
+            .instrument(tracing::info_span!("nsmgr_create"))
             .await
             .map_err(|e| PodError::step("creating namespaces", ErrorKind::Internal, e))?
             .map_err(|e| {
@@ -518,6 +523,7 @@ impl PodManager {
         rec.ipc_ns = created.ipc.pin_path().map(Path::to_path_buf);
         rec.uts_ns = created.uts.pin_path().map(Path::to_path_buf);
         times.netns = t.elapsed();
+        self.deps.metrics.setup_step("netns", times.netns);
 
         // 2. The pod cgroup.
         let t = Instant::now();
@@ -537,7 +543,7 @@ impl PodManager {
                 .deps
                 .network
                 .attach(&attach)
-                .instrument(tracing::debug_span!("cni_add"))
+                .instrument(tracing::info_span!("cni_add"))
                 .await
                 .map_err(|e| {
                     PodError::step(
@@ -552,6 +558,7 @@ impl PodManager {
                 result: attached.result,
             });
             times.cni = t.elapsed();
+            self.deps.metrics.setup_step("cni", times.cni);
         }
 
         // 4. Host ports.
@@ -566,7 +573,7 @@ impl PodManager {
             self.deps
                 .hostports
                 .add(&rec.id, &name, &ips, &mappings)
-                .instrument(tracing::debug_span!("hostport_add"))
+                .instrument(tracing::info_span!("hostport_add"))
                 .await
                 .map_err(|e| {
                     let kind = match e.kind() {
@@ -577,6 +584,7 @@ impl PodManager {
                     PodError::step("publishing host ports", kind, e)
                 })?;
             times.hostport = t.elapsed();
+            self.deps.metrics.setup_step("hostport", times.hostport);
         }
 
         // 5. Pod files and the log directory.
@@ -669,6 +677,7 @@ impl PodManager {
             }
             let saved = self.persist(&rec).await;
             entry.set(rec.clone());
+            self.refresh_gauges();
             saved?;
             if errors.is_empty() {
                 tracing::info!("pod sandbox stopped");
@@ -708,6 +717,7 @@ impl PodManager {
             }
             self.store.delete(&rec.id)?;
             self.write_pods().remove(&rec.id);
+            self.refresh_gauges();
             let name = rec.config.metadata.reserved_name();
             let mut names = self.names();
             if names.get(&name) == Some(&rec.id) {
@@ -728,26 +738,30 @@ impl PodManager {
         let host_net = rec.config.host_network();
 
         if rec.hostports || (all && !host_net) {
-            match self
+            let t = Instant::now();
+            let r = self
                 .deps
                 .hostports
                 .remove(&rec.id)
-                .instrument(tracing::debug_span!("hostport_remove"))
-                .await
-            {
+                .instrument(tracing::info_span!("hostport_remove"))
+                .await;
+            self.deps.metrics.teardown_step("hostport", t.elapsed());
+            match r {
                 Ok(()) => rec.hostports = false,
                 Err(e) => errors.push(format!("withdrawing host ports: {}", error_chain(&e))),
             }
         }
         if rec.network.is_some() || (all && !host_net) {
             let attach = self.net_attach(rec);
-            match self
+            let t = Instant::now();
+            let r = self
                 .deps
                 .network
                 .detach(&attach)
-                .instrument(tracing::debug_span!("cni_del"))
-                .await
-            {
+                .instrument(tracing::info_span!("cni_del"))
+                .await;
+            self.deps.metrics.teardown_step("cni", t.elapsed());
+            match r {
                 Ok(()) => rec.network = None,
                 Err(e) => errors.push(format!(
                     "detaching the pod network (CNI DEL): {}",
@@ -757,13 +771,16 @@ impl PodManager {
         }
         if rec.netns.is_some() || rec.ipc_ns.is_some() || rec.uts_ns.is_some() || all {
             let nsm = Arc::clone(&self.deps.namespaces);
+            let t = Instant::now();
             let result = match PodId::new(&rec.id) {
                 Ok(pod_id) => tokio::task::spawn_blocking(move || nsm.release(&pod_id))
+                    .instrument(tracing::info_span!("nsmgr_release"))
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| error_chain(&e))),
                 Err(e) => Err(e.to_string()),
             };
+            self.deps.metrics.teardown_step("netns", t.elapsed());
             match result {
                 Ok(()) => {
                     rec.netns = None;
@@ -797,6 +814,33 @@ impl PodManager {
             Err(e) => errors.push(format!("removing pod files {}: {e}", dir.display())),
         }
         errors
+    }
+
+    /// Recomputes the pods-by-state and host-port gauges from the records (cheap, and always
+    /// consistent, unlike incrementing on each transition).
+    fn refresh_gauges(&self) {
+        let (mut ready, mut not_ready, mut mappings) = (0i64, 0i64, 0i64);
+        for e in self.read_pods().values() {
+            let r = e.get();
+            match r.state {
+                PodState::Ready => {
+                    ready += 1;
+                    if r.hostports {
+                        mappings += hostport_mappings(&r.config).len() as i64;
+                    }
+                }
+                PodState::NotReady => not_ready += 1,
+                PodState::Creating => {}
+            }
+        }
+        let m = &self.deps.metrics;
+        m.pods
+            .get_or_create(&metrics::StateLabels { state: "ready" })
+            .set(ready);
+        m.pods
+            .get_or_create(&metrics::StateLabels { state: "notready" })
+            .set(not_ready);
+        m.hostport_mappings.set(mappings);
     }
 
     async fn persist(&self, rec: &PodRecord) -> Result<(), StoreError> {
@@ -911,6 +955,7 @@ impl PodManager {
             Err(e) => report.warnings.push(format!("namespace GC: {e}")),
         }
 
+        self.refresh_gauges();
         tracing::info!(
             loaded = report.loaded,
             removed_incomplete = report.removed_incomplete,

@@ -51,6 +51,7 @@ impl World {
                 hostports: self.ports.clone(),
                 cgroups: self.cg.clone(),
                 namespace_alive: |p| p.to_string_lossy().contains("sluice-"),
+                metrics: pods::PodMetrics::default(),
             },
         )
         .unwrap()
@@ -369,6 +370,7 @@ async fn recovery_marks_pods_of_a_previous_boot_not_ready() {
                 hostports: w.ports.clone(),
                 cgroups: w.cg.clone(),
                 namespace_alive: |_| true,
+                metrics: pods::PodMetrics::default(),
             },
         )
         .unwrap()

@@ -10,11 +10,13 @@
 
 mod error;
 mod image;
+mod observe;
 mod runtime;
 mod sandbox;
 mod validate;
 
 pub use image::ImageSvc;
+pub use observe::{CriLayer, CriMetrics};
 pub use runtime::{
     NETWORK_PLUGIN_NOT_READY, NETWORK_READY, NetworkReadiness, NetworkStatus, NoNetwork,
     RUNTIME_API_VERSION, RUNTIME_READY, RuntimeInfo, RuntimeSvc,

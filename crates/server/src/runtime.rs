@@ -304,6 +304,7 @@ mod tests {
                 hostports: Arc::new(hostport::fake::FakeHostPortManager::default()),
                 cgroups: Arc::new(pods::fake::FakeCgroups::default()),
                 namespace_alive: |_| true,
+                metrics: pods::PodMetrics::default(),
             },
         )
         .expect("pod manager");

@@ -30,6 +30,8 @@ pub struct Config {
     pub network: NetworkConfig,
     pub images: ImagesConfig,
     pub runtime: RuntimeConfig,
+    pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
 }
 
 /// `[server]`: the CRI endpoint.
@@ -94,6 +96,46 @@ impl Default for NetworkConfig {
             netns_dir: PathBuf::from("/run/netns"),
             hostport_mapping: true,
             hostport_table: "sluice-hostports".to_string(),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enable: bool,
+    /// TCP address of `/metrics`; loopback by default so nothing is exposed unasked.
+    pub address: String,
+    /// Unix socket for `/metrics` instead of TCP when non-empty.
+    pub socket: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            address: "127.0.0.1:9537".to_string(),
+            socket: String::new(),
+        }
+    }
+}
+
+/// `[tracing]`: OpenTelemetry trace export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    pub enable: bool,
+    pub endpoint: String,
+    pub sampling_rate_per_million: u32,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            endpoint: "http://127.0.0.1:4317".to_string(),
+            sampling_rate_per_million: 1_000_000,
         }
     }
 }
@@ -551,6 +593,42 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
     for dir in &config.network.plugin_dirs {
         absolute("network.plugin_dirs", dir)?;
     }
+    if config
+        .metrics
+        .address
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
+        return Err(invalid(
+            "metrics.address",
+            format!("{:?} is not an IP:port address", config.metrics.address),
+        ));
+    }
+    if !config.metrics.socket.is_empty() && !Path::new(&config.metrics.socket).is_absolute() {
+        return Err(invalid(
+            "metrics.socket",
+            format!(
+                "{:?} must be an absolute path (or empty for TCP)",
+                config.metrics.socket
+            ),
+        ));
+    }
+    let ep = &config.tracing.endpoint;
+    if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() < 9 {
+        return Err(invalid(
+            "tracing.endpoint",
+            format!("{ep:?} must be an http:// or https:// URL of an OTLP gRPC receiver"),
+        ));
+    }
+    if config.tracing.sampling_rate_per_million > 1_000_000 {
+        return Err(invalid(
+            "tracing.sampling_rate_per_million",
+            format!(
+                "{} is above 1000000 (100%)",
+                config.tracing.sampling_rate_per_million
+            ),
+        ));
+    }
     for (i, m) in config.images.mirrors.iter().enumerate() {
         let key = format!("images.mirrors[{i}]");
         if !valid_registry_host(&m.registry) {
@@ -719,6 +797,24 @@ mirrors = []
 # pod its own parent (/kubepods/...). sluice manages cgroups through cgroupfs directly, so the
 # kubelet must run with cgroupDriver: cgroupfs.
 cgroup_parent = "{cgroup_parent}"
+
+[metrics]
+# Serve Prometheus metrics (OpenMetrics text) at /metrics.
+enable = {metrics_enable}
+# TCP address of the metrics endpoint. The default is loopback only; to let Prometheus scrape
+# from another host bind the node IP (see contrib/metrics-exporter).
+address = "{metrics_address}"
+# Serve /metrics on this unix socket instead of TCP (empty: use address).
+socket = "{metrics_socket}"
+
+[tracing]
+# Export OpenTelemetry traces (one span per CRI call, children per step) over OTLP/gRPC.
+enable = {tracing_enable}
+# OTLP gRPC receiver, e.g. Jaeger all-in-one or an OpenTelemetry Collector.
+endpoint = "{tracing_endpoint}"
+# Share of calls without a sampled parent that are traced, per million (1000000 = all). A
+# sampled W3C traceparent from the kubelet is always honoured. Lower it on busy nodes.
+sampling_rate_per_million = {sampling}
 "#,
         listen = q(&d.server.listen),
         shutdown = d.server.shutdown_timeout,
@@ -742,6 +838,12 @@ cgroup_parent = "{cgroup_parent}"
         hostport_mapping = d.network.hostport_mapping,
         hostport_table = d.network.hostport_table,
         cgroup_parent = d.runtime.cgroup_parent,
+        metrics_enable = d.metrics.enable,
+        metrics_address = d.metrics.address,
+        metrics_socket = d.metrics.socket,
+        tracing_enable = d.tracing.enable,
+        tracing_endpoint = d.tracing.endpoint,
+        sampling = d.tracing.sampling_rate_per_million,
     )
 }
 
@@ -879,7 +981,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains("`serverr`")
-                && err.contains("images, log, network, runtime, server, storage"),
+                && err.contains("images, log, metrics, network, runtime, server, storage, tracing"),
             "{err}"
         );
     }

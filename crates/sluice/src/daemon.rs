@@ -125,23 +125,17 @@ fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("creating directory {}", dir.display()))
 }
 
-/// Runs the daemon until a shutdown signal, then drains and cleans up.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon on `runtime` until a shutdown signal, then drains and cleans up.
+pub fn run(config: Config, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     create_dir(&config.storage.root, 0o700)?;
     create_dir(&config.storage.runroot, 0o711)?;
+    // The tokio workers exist but are idle here: nothing else creates files while the
+    // process-wide umask is flipped for the bind.
     let mut endpoint = Endpoint::claim(&config.server.listen)?;
     let listener = endpoint.listener.take().context("listener already taken")?;
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("sluice-worker")
-        .build()
-        .context("starting the tokio runtime")?;
     let result = runtime.block_on(serve(config, listener));
-    // Let in-flight blocking work finish briefly, then remove the socket and lock (Endpoint drop).
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Remove the socket and lock (Endpoint drop) before reporting the result.
     drop(endpoint);
-    tracing::info!("sluice stopped");
     result
 }
 
@@ -155,19 +149,80 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_json: serde_json::to_string(&config).context("encoding the effective config")?,
     };
-    let cni = Arc::new(cnimgr::CniManager::new(cni_config(&config)));
+    // One registry for the whole daemon; each subsystem registers its own families.
+    let mut registry = telemetry::metrics::registry();
+    registry.register_collector(Box::new(telemetry::metrics::ProcessCollector));
+    let cri_metrics = server::CriMetrics::register(&mut registry);
+    let cni_metrics = cnimgr::CniMetrics::register(&mut registry);
+    let pod_metrics = pods::PodMetrics::register(&mut registry);
+
+    let cni = Arc::new(cnimgr::CniManager::with_metrics(
+        cni_config(&config),
+        cni_metrics,
+    ));
     cni.start_watching()
         .context("watching the CNI config directory")?;
-    let pods = Arc::new(pod_manager(&config, Arc::clone(&cni))?);
+    let pods = Arc::new(pod_manager(&config, Arc::clone(&cni), pod_metrics)?);
     // Reconcile persisted pods with the kernel before the first CRI call is served.
     let report = pods.recover().await.context("recovering pod state")?;
     for w in &report.warnings {
         tracing::warn!(warning = %w, "pod state recovery");
     }
     let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))), pods);
-    let images = server::ImageSvc::new();
+    let images_config = images::Config {
+        root: config.storage.root.join("images"),
+        registries: images::RegistryConfig {
+            insecure_registries: config.images.insecure_registries.clone(),
+            mirrors: config
+                .images
+                .mirrors
+                .iter()
+                .map(|m| images::Mirror {
+                    registry: m.registry.clone(),
+                    endpoints: m.endpoints.clone(),
+                })
+                .collect(),
+        },
+    };
+    // Opening cleans interrupted pulls and unreferenced layers: blocking file work.
+    // No containers exist yet, so no image is in use.
+    let images = tokio::task::spawn_blocking(move || {
+        images::ImageService::open(images_config, Arc::new(images::NoContainers))
+    })
+    .await
+    .context("opening the image store")?
+    .context("opening the image store")?;
+    let images = server::ImageSvc::new(images);
 
     let (fired_tx, mut fired_rx) = watch::channel(false);
+    let metrics_task = if config.metrics.enable {
+        let addr = if config.metrics.socket.is_empty() {
+            telemetry::metrics::MetricsAddr::Tcp(
+                config
+                    .metrics
+                    .address
+                    .parse()
+                    .context("metrics.address was validated at load")?,
+            )
+        } else {
+            telemetry::metrics::MetricsAddr::Unix(config.metrics.socket.clone().into())
+        };
+        let listener = telemetry::metrics::MetricsListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr:?}"))?;
+        tracing::info!(address = %listener.describe(), "serving Prometheus metrics at /metrics");
+        let mut stop = fired_rx.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|fired| *fired).await;
+        };
+        Some(tokio::spawn(telemetry::metrics::serve(
+            listener,
+            Arc::new(registry),
+            shutdown,
+        )))
+    } else {
+        None
+    };
     let shutdown = async move {
         let signal = signals.wait().await;
         tracing::info!(
@@ -179,6 +234,7 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
 
     tracing::info!(socket = %config.server.listen.display(), "serving CRI v1");
     let server = tonic::transport::Server::builder()
+        .layer(server::CriLayer::new(cri_metrics))
         .add_service(server::runtime_service(runtime))
         .add_service(server::image_service(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
@@ -196,6 +252,14 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
         res = &mut server => res.context("serving the CRI socket")?,
         () = drain_deadline => {
             tracing::warn!(%timeout, "in-flight calls did not finish in time; exiting anyway");
+        }
+    }
+    if let Some(task) = metrics_task {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics endpoint failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics endpoint task failed"),
+            Err(_) => tracing::warn!("metrics endpoint did not stop in time"),
         }
     }
     Ok(())
@@ -216,7 +280,11 @@ fn cni_config(config: &Config) -> cnimgr::CniConfig {
 }
 
 /// The pod manager and its subsystems, as configured.
-fn pod_manager(config: &Config, cni: Arc<cnimgr::CniManager>) -> anyhow::Result<pods::PodManager> {
+fn pod_manager(
+    config: &Config,
+    cni: Arc<cnimgr::CniManager>,
+    metrics: pods::PodMetrics,
+) -> anyhow::Result<pods::PodManager> {
     let namespaces = nsmgr::PinnedNamespaces::new(nsmgr::PinDirs {
         netns_dir: config.network.netns_dir.clone(),
         ns_dir: config.storage.runroot.join("ns"),
@@ -244,6 +312,7 @@ fn pod_manager(config: &Config, cni: Arc<cnimgr::CniManager>) -> anyhow::Result<
             hostports,
             cgroups: Arc::new(cgroups),
             namespace_alive: pods::is_live_namespace,
+            metrics,
         },
     )
     .context("opening the pod state store")

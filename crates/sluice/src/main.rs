@@ -1,8 +1,9 @@
 //! `sluice`: the Kubernetes CRI runtime daemon.
 //!
 //! `main` is explicit about order: parse flags → (subcommands `config`, `version` stop here) →
-//! require root → load and validate config → logging → privileged setup (directories, lock,
-//! socket) → tokio runtime → serve → graceful drain on SIGTERM/SIGINT.
+//! require root → load and validate config → tokio runtime → telemetry (logs, OTLP traces) →
+//! privileged setup (directories, lock, socket) → metrics → pod recovery → serve → graceful
+//! drain on SIGTERM/SIGINT → flush traces.
 //!
 //! Exit status: 0 after a clean shutdown, 64 (EX_USAGE) for a bad config or flag, 77
 //! (EX_NOPERM) when not run as root, 1 for any other failure (e.g. another sluice holds the
@@ -110,18 +111,61 @@ fn run(cli: Cli) -> ExitCode {
         }
     };
 
-    if let Err(e) = telemetry::init(loaded.config.log.level, loaded.config.log.format) {
-        eprintln!("sluice: cannot set up logging: {e}");
-        return ExitCode::FAILURE;
-    }
+    // The runtime comes before telemetry: the OTLP exporter's gRPC channel lives on it.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-worker")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let guard = {
+        let _in_runtime = runtime.enter();
+        let t = &loaded.config.tracing;
+        let provider = if t.enable {
+            let cfg = telemetry::trace::TracingConfig {
+                endpoint: t.endpoint.clone(),
+                sampling_rate_per_million: t.sampling_rate_per_million,
+            };
+            match telemetry::trace::provider(&cfg) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("sluice: invalid configuration: `tracing.endpoint`: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
+        } else {
+            None
+        };
+        match telemetry::init(loaded.config.log.level, loaded.config.log.format, provider) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("sluice: cannot set up logging: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         files = ?loaded.files,
+        tracing = loaded.config.tracing.enable,
+        metrics = loaded.config.metrics.enable,
         "sluice starting"
     );
 
-    match daemon::run(loaded.config) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = daemon::run(loaded.config, &runtime);
+    // Flush buffered spans while the runtime (and the exporter's channel) still runs.
+    guard.shutdown();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => {
+            tracing::info!("sluice stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "sluice failed");
             ExitCode::FAILURE

@@ -1,9 +1,12 @@
-//! Telemetry for sluice: today the `tracing` subscriber that writes structured logs to stderr,
-//! as text for people or JSON for log shippers. Metrics (prometheus-client) and OTLP trace
-//! export join this crate with the observability issue; the daemon calls [`init`] once, before
-//! anything else logs.
+//! Telemetry for sluice: structured logs on stderr (text for people, JSON for log shippers),
+//! OpenTelemetry traces over OTLP ([`trace`]), and the Prometheus registry and `/metrics`
+//! server ([`metrics`]). The daemon calls [`init`] once, inside its tokio runtime and before
+//! anything else logs, and keeps the returned [`Guard`] to flush spans at shutdown.
 
 #![forbid(unsafe_code)]
+
+pub mod metrics;
+pub mod trace;
 
 use std::fmt;
 use std::str::FromStr;
@@ -101,16 +104,43 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Why logging could not be set up.
+/// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled(#[source] tracing_subscriber::util::TryInitError),
+    #[error("building the OTLP trace exporter: {0}")]
+    Exporter(String),
+}
+
+/// Keeps the trace pipeline alive; [`Guard::shutdown`] flushes buffered spans.
+#[derive(Debug, Default)]
+pub struct Guard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Guard {
+    /// Exports what is buffered and stops the exporter (bounded by the SDK's timeout).
+    pub fn shutdown(&self) {
+        if let Some(p) = &self.provider
+            && let Err(e) = p.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing traces at shutdown failed");
+        }
+    }
 }
 
 /// Installs the process-wide subscriber. `level` applies to sluice's own crates; dependencies
 /// (h2, hyper, tower) stay at `warn` unless the level is `trace`, so `debug` stays readable.
-pub fn init(level: LogLevel, format: LogFormat) -> Result<(), Error> {
+/// With a tracer `provider`, sluice's spans are also exported as OpenTelemetry spans (only
+/// sluice's own crates: exporting the exporter's own h2/tonic spans would feed back).
+pub fn init(
+    level: LogLevel,
+    format: LogFormat,
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+) -> Result<Guard, Error> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
@@ -123,7 +153,17 @@ pub fn init(level: LogLevel, format: LogFormat) -> Result<(), Error> {
         "{deps},{SLUICE_TARGETS}",
         SLUICE_TARGETS = own_targets(level)
     ));
-    let registry = tracing_subscriber::registry().with(filter);
+    let otel = provider.as_ref().map(|p| {
+        let own = CRATES
+            .iter()
+            .fold(tracing_subscriber::filter::Targets::new(), |t, c| {
+                t.with_target(*c, tracing::Level::TRACE)
+            });
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("sluice"))
+            .with_filter(own)
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true);
@@ -133,25 +173,28 @@ pub fn init(level: LogLevel, format: LogFormat) -> Result<(), Error> {
             .with(fmt.json().flatten_event(true).with_current_span(true))
             .try_init(),
     }
-    .map_err(Error::AlreadyInstalled)
+    .map_err(Error::AlreadyInstalled)?;
+    Ok(Guard { provider })
 }
+
+/// sluice's crates (their `tracing` targets).
+const CRATES: [&str; 12] = [
+    "sluice",
+    "server",
+    "telemetry",
+    "pods",
+    "nsmgr",
+    "cnimgr",
+    "hostport",
+    "images",
+    "oci",
+    "streaming",
+    "netpolicy",
+    "cri_api",
+];
 
 /// The tracing targets of sluice's crates, all at `level`.
 fn own_targets(level: LogLevel) -> String {
-    const CRATES: [&str; 12] = [
-        "sluice",
-        "server",
-        "telemetry",
-        "pods",
-        "nsmgr",
-        "cnimgr",
-        "hostport",
-        "images",
-        "oci",
-        "streaming",
-        "netpolicy",
-        "cri_api",
-    ];
     CRATES
         .iter()
         .map(|c| format!("{c}={level}"))
