@@ -13,7 +13,10 @@ CARGO ?= cargo
 #   docker-registry ............. a real OCI registry for the image tests (on 127.0.0.1)
 #   busybox-static .............. the root filesystem of test images
 #   attr ........................ getfattr, to check xattrs through overlayfs in tests
-DEB_PACKAGES := iproute2 util-linux procps nftables conntrack iptables containernetworking-plugins python3 ca-certificates docker-registry busybox-static attr
+#   prometheus .................. a real Prometheus scrapes sluice in tests; promtool checks
+#                                 the Grafana dashboard's queries
+#   runc, conmon ................ the OCI runtime and the container monitor
+DEB_PACKAGES := iproute2 util-linux procps nftables conntrack iptables containernetworking-plugins python3 ca-certificates docker-registry busybox-static attr prometheus runc conmon
 # Only for `make bench`: the skopeo + umoci baseline of the image pull benchmark.
 BENCH_PACKAGES := skopeo umoci
 
@@ -63,7 +66,7 @@ test-unit: ## Unit tests only (library and binary code, no privileges needed)
 
 .PHONY: test-kernel
 test-kernel: deps ## Kernel tests of the subsystem crates (root: netns, nftables, CNI plugins)
-	$(CARGO) nextest run --all-features -p nsmgr -p cnimgr -p hostport -p images --tests
+	$(CARGO) nextest run --all-features -p nsmgr -p cnimgr -p hostport -p images -p oci --tests
 
 .PHONY: test-e2e
 test-e2e: deps ## End-to-end tests: the real daemon driven by a CRI client (root)
@@ -83,11 +86,14 @@ fmt: ## Format the code
 bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
 	@$(MAKE) --no-print-directory install-debs PACKAGES="$(BENCH_PACKAGES)"
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench daemon
-	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods
+	for mode in plain metrics tracing; do \
+	  SLUICE_BENCH_MODE=$$mode SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods; \
+	done
 	$(CARGO) bench -p nsmgr --bench ns_latency
 	$(CARGO) bench -p cnimgr --bench cni_add_del
 	$(CARGO) bench -p hostport --bench hostport_scale
 	$(CARGO) bench -p images --bench pull
+	$(CARGO) bench -p oci --bench lifecycle
 
 .PHONY: clean
 clean: ## Remove build output

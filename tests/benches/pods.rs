@@ -3,6 +3,10 @@
 //! (Debian's bridge + host-local + loopback plugins, no host ports), plus the daemon's RSS idle
 //! and with all pods running, and where RunPodSandbox spends its time (the per-step timings
 //! the daemon logs for every pod). Root only.
+//!
+//! `SLUICE_BENCH_MODE` selects the telemetry: `plain` (default: no metrics endpoint, no
+//! tracing), `metrics` (`/metrics` served), `tracing` (OTLP export of every span at 100%
+//! sampling to an in-process receiver), to measure the overhead of each.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -78,7 +82,19 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     println!("binary: {}", sluice_e2e::sluice_bin().display());
-    let layout = Layout::new("");
+    let mode = std::env::var("SLUICE_BENCH_MODE").unwrap_or_else(|_| "plain".into());
+    let otlp = sluice_e2e::otlp::Receiver::start().await;
+    let extra = match mode.as_str() {
+        "plain" => String::new(),
+        "metrics" => "[metrics]\nenable = true\naddress = \"127.0.0.1:0\"\n".to_string(),
+        "tracing" => format!(
+            "[tracing]\nenable = true\nendpoint = {:?}\nsampling_rate_per_million = 1000000\n",
+            otlp.endpoint()
+        ),
+        other => panic!("SLUICE_BENCH_MODE={other}: expected plain, metrics or tracing"),
+    };
+    println!("telemetry mode: {mode}");
+    let layout = Layout::new(&extra);
     let _net = BridgeNet::install(&layout, &[]);
     let d = Daemon::start_with(layout, &[]).await;
     let mut c = d.runtime().await;
@@ -150,4 +166,12 @@ async fn main() {
     }
     println!("daemon RSS idle         {idle} KiB");
     println!("daemon RSS with {n} pods {loaded} KiB");
+    if mode == "tracing" {
+        let spans = otlp
+            .wait_for(Duration::from_secs(10), |s| {
+                s.iter().filter(|x| x.name == "RunPodSandbox").count() > n
+            })
+            .await;
+        println!("spans received by the OTLP receiver: {}", spans.len());
+    }
 }

@@ -11,6 +11,7 @@
 #![allow(clippy::print_stderr)]
 
 pub mod net;
+pub mod otlp;
 pub mod registry;
 
 use std::fs;
