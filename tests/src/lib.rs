@@ -146,6 +146,22 @@ impl Layout {
     pub fn read_log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Installs an executable test CNI plugin `name` with `script` as its body, in a plugin
+    /// directory searched before Debian's `/usr/lib/cni` (a drop-in sets `plugin_dirs`).
+    pub fn install_cni_plugin(&self, name: &str, script: &str) -> PathBuf {
+        let dir = self.dir.path().join("plugins");
+        fs::create_dir_all(&dir).expect("plugin dir");
+        let path = dir.join(name);
+        fs::write(&path, script).expect("write plugin");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod plugin");
+        fs::write(
+            self.dropins.join("60-plugins.toml"),
+            format!("[network]\nplugin_dirs = [{dir:?}, \"/usr/lib/cni\"]\n"),
+        )
+        .expect("write plugin drop-in");
+        path
+    }
 }
 
 impl Drop for Layout {

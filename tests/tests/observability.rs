@@ -517,19 +517,10 @@ async fn grafana_dashboard_queries_parse_and_use_only_exported_metrics() {
     // they have a sample, so exercise every path first: a pod set up and torn down, an
     // unimplemented call, and a CNI plugin failure (a failing plugin's network made default).
     let layout = Layout::new("[metrics]\nenable = true\naddress = \"127.0.0.1:0\"\n");
-    let plugins = layout.dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    let failer = plugins.join("obs-failer");
-    std::fs::write(&failer, "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"injected\"}'; exit 1; fi\n").unwrap();
-    std::fs::set_permissions(&failer, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::write(
-        layout.dropins.join("60-plugins.toml"),
-        format!(
-            "[network]\nplugin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
-            plugins
-        ),
-    )
-    .unwrap();
+    layout.install_cni_plugin(
+        "obs-failer",
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"injected\"}'; exit 1; fi\n",
+    );
     let _net = BridgeNet::install(&layout, &[]);
     let failing_conf = layout.cni_dir.join("00-failing.conflist");
     let d = Daemon::start_with(layout, &[]).await;

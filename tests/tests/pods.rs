@@ -368,23 +368,10 @@ async fn bad_requests_get_precise_codes_and_leave_nothing() {
 #[tokio::test]
 async fn failing_cni_plugin_fails_runp_and_rolls_back() {
     let layout = Layout::new("");
-    let plugins = layout.dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    let failer = plugins.join("e2e-failer");
-    std::fs::write(
-        &failer,
+    layout.install_cni_plugin(
+        "e2e-failer",
         "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"injected failure\"}'; exit 1; fi\necho '{}'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&failer, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::write(
-        layout.dropins.join("60-plugins.toml"),
-        format!(
-            "[network]\nplugin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
-            plugins
-        ),
-    )
-    .unwrap();
+    );
     let net = BridgeNet::install(&layout, &[r#"{"type": "e2e-failer"}"#]);
     let d = Daemon::start_with(layout, &[]).await;
     let mut c = d.runtime().await;
@@ -635,11 +622,8 @@ async fn list_and_status_answer_while_a_cni_add_is_stuck() {
     // A plugin that blocks in ADD until the test opens a gate: while it blocks, List and
     // Status of other pods must still answer (they never wait behind a pod's operation).
     let layout = Layout::new("");
-    let plugins = layout.dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
     let gate = layout.dir.path().join("gate");
     let entered = layout.dir.path().join("entered");
-    let script = plugins.join("e2e-gate");
     let body = r#"#!/bin/sh
 # Test plugin: passes the previous result through; for pod "slow" it first blocks in ADD
 # until the test creates the gate file (at most 30 s).
@@ -654,16 +638,7 @@ fi
 "#
     .replace("ENTERED", &entered.display().to_string())
     .replace("GATE", &gate.display().to_string());
-    std::fs::write(&script, body).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::write(
-        layout.dropins.join("60-plugins.toml"),
-        format!(
-            "[network]\nplugin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
-            plugins
-        ),
-    )
-    .unwrap();
+    layout.install_cni_plugin("e2e-gate", &body);
     let net = BridgeNet::install(&layout, &[r#"{"type": "e2e-gate"}"#]);
     let d = Daemon::start_with(layout, &[]).await;
     let mut c = d.runtime().await;
