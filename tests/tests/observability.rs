@@ -567,6 +567,25 @@ async fn grafana_dashboard_queries_parse_and_use_only_exported_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // An image pull (success and failure) for the image families.
+    let reg = sluice_e2e::registry::Registry::start();
+    let img = sluice_e2e::registry::build_image(
+        &[sluice_e2e::registry::busybox_layer("dash")],
+        &sluice_e2e::registry::ImageOptions::default(),
+    );
+    reg.push_image("library/busybox", "1.0", &img);
+    let mut ic = d.images().await;
+    // The daemon was started without insecure_registries: the plain-HTTP registry fails,
+    // which is all this needs (a failed pull still counts and is timed).
+    let _ = ic
+        .pull_image(cri_api::runtime::v1::PullImageRequest {
+            image: Some(cri_api::runtime::v1::ImageSpec {
+                image: format!("{}/library/busybox:1.0", reg.host()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
     let exported = exported_series(&http_get(&metrics_addr(&d).await, "/metrics"));
     let mut text = exprs.join("\n");
     for v in dash["templating"]["list"].as_array().unwrap() {
@@ -590,5 +609,69 @@ async fn grafana_dashboard_queries_parse_and_use_only_exported_metrics() {
     assert!(
         unknown.is_empty(),
         "the dashboard uses metrics sluice does not export: {unknown:?}\nexported: {exported:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pulls_are_counted_by_result_with_bytes_and_duration() {
+    use sluice_e2e::registry::{Compression, ImageOptions, Registry, build_image, busybox_layer};
+    let reg = Registry::start();
+    let img = build_image(
+        &[busybox_layer("metrics")],
+        &ImageOptions {
+            compression: Compression::Gzip,
+            ..ImageOptions::default()
+        },
+    );
+    reg.push_image("library/busybox", "1.0", &img);
+    let d = Daemon::start_with(
+        Layout::new(&format!(
+            "[metrics]\nenable = true\naddress = \"127.0.0.1:0\"\n\n[images]\ninsecure_registries = [\"{}\"]\n",
+            reg.host()
+        )),
+        &[],
+    )
+    .await;
+    let addr = metrics_addr(&d).await;
+    let mut c = d.images().await;
+    let image = |name: String| cri_api::runtime::v1::PullImageRequest {
+        image: Some(cri_api::runtime::v1::ImageSpec {
+            image: name,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.pull_image(image(format!("{}/library/busybox:1.0", reg.host())))
+        .await
+        .unwrap();
+    let e = c
+        .pull_image(image(format!("{}/library/busybox:nope", reg.host())))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    let body = http_get(&addr, "/metrics");
+    assert!(
+        body.contains(r#"sluice_image_pulls_total{result="success"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"sluice_image_pulls_total{result="NotFound"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("sluice_image_pull_duration_seconds_count 2"),
+        "{body}"
+    );
+    let bytes: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_image_pulled_bytes_total "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(bytes > 100_000, "the busybox layer was downloaded: {bytes}");
+    assert!(
+        body.contains(r#"sluice_cri_operations_total{operation="PullImage",code="NotFound"} 1"#)
     );
 }

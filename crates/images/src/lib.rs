@@ -20,6 +20,7 @@
 mod digest;
 mod error;
 mod manifest;
+mod metrics;
 mod reference;
 mod registry;
 mod service;
@@ -29,6 +30,7 @@ pub mod unpack;
 pub use digest::{Digest, DigestError, chain_ids};
 pub use error::{Error, ErrorKind, Result};
 pub use manifest::{ImageConfig, Platform};
+pub use metrics::ImageMetrics;
 pub use reference::{Reference, ReferenceError};
 pub use registry::{Credentials, Mirror, RegistryConfig};
 pub use service::{Config, ImageService, Stats};

@@ -71,6 +71,7 @@ struct Inner {
     pulls: Mutex<HashMap<(Reference, u64), SharedPull>>,
     layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     counters: Counters,
+    metrics: crate::metrics::ImageMetrics,
 }
 
 impl std::fmt::Debug for ImageService {
@@ -107,11 +108,34 @@ impl ImageService {
         Self::open_for(config, usage, Platform::host())
     }
 
+    /// Like [`ImageService::open`], recording pulls in `metrics`.
+    pub fn open_with_metrics(
+        config: Config,
+        usage: Arc<dyn ImageUsage>,
+        metrics: crate::metrics::ImageMetrics,
+    ) -> Result<Self> {
+        Self::open_inner(config, usage, Platform::host(), metrics)
+    }
+
     /// Like [`ImageService::open`] for another platform (tests of index selection).
     pub fn open_for(
         config: Config,
         usage: Arc<dyn ImageUsage>,
         platform: Platform,
+    ) -> Result<Self> {
+        Self::open_inner(
+            config,
+            usage,
+            platform,
+            crate::metrics::ImageMetrics::default(),
+        )
+    }
+
+    fn open_inner(
+        config: Config,
+        usage: Arc<dyn ImageUsage>,
+        platform: Platform,
+        metrics: crate::metrics::ImageMetrics,
     ) -> Result<Self> {
         let store = Arc::new(Store::open(&config.root)?);
         Ok(Self {
@@ -123,6 +147,7 @@ impl ImageService {
                 pulls: Mutex::default(),
                 layer_locks: Mutex::default(),
                 counters: Counters::default(),
+                metrics,
             }),
         })
     }
@@ -162,7 +187,21 @@ impl ImageService {
                 let span = tracing::info_span!("pull", image = %reference);
                 let task = tokio::spawn(
                     async move {
+                        let started = std::time::Instant::now();
                         let res = Arc::clone(&inner).pull(reference, credentials).await;
+                        let result = match &res {
+                            Ok(_) => "success".to_string(),
+                            Err(e) => format!("{:?}", e.kind()),
+                        };
+                        inner
+                            .metrics
+                            .pulls
+                            .get_or_create(&crate::metrics::ResultLabels { result })
+                            .inc();
+                        inner
+                            .metrics
+                            .duration
+                            .observe(started.elapsed().as_secs_f64());
                         inner
                             .pulls
                             .lock()
@@ -473,6 +512,7 @@ impl Inner {
     /// Makes sure the layer `chain` is unpacked: downloads the blob straight into the
     /// unpacker (never whole in memory, never a half-visible layer), then checks the blob
     /// digest and the diff id before the layer directory is renamed into place.
+    #[tracing::instrument(name = "pull_layer", skip_all, fields(layer = %desc.digest))]
     async fn ensure_layer(
         &self,
         ctx: &PullCtx,
@@ -579,6 +619,7 @@ impl Inner {
         self.counters
             .layer_bytes
             .fetch_add(bytes.0, Ordering::Relaxed);
+        self.metrics.pulled_bytes.inc_by(bytes.0);
         tracing::debug!(layer = %desc.digest, bytes = bytes.0, "layer unpacked");
         Ok(())
     }

@@ -155,6 +155,7 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     let cri_metrics = server::CriMetrics::register(&mut registry);
     let cni_metrics = cnimgr::CniMetrics::register(&mut registry);
     let pod_metrics = pods::PodMetrics::register(&mut registry);
+    let image_metrics = images::ImageMetrics::register(&mut registry);
 
     let cni = Arc::new(cnimgr::CniManager::with_metrics(
         cni_config(&config),
@@ -187,7 +188,11 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     // Opening cleans interrupted pulls and unreferenced layers: blocking file work.
     // No containers exist yet, so no image is in use.
     let images = tokio::task::spawn_blocking(move || {
-        images::ImageService::open(images_config, Arc::new(images::NoContainers))
+        images::ImageService::open_with_metrics(
+            images_config,
+            Arc::new(images::NoContainers),
+            image_metrics,
+        )
     })
     .await
     .context("opening the image store")?
