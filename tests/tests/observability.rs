@@ -61,6 +61,7 @@ async fn metrics_addr(d: &Daemon) -> String {
         .next()
         .unwrap()
         .trim_matches('"')
+        .trim_start_matches("https://")
         .to_string()
 }
 
@@ -673,5 +674,76 @@ async fn image_pulls_are_counted_by_result_with_bytes_and_duration() {
     assert!(bytes > 100_000, "the busybox layer was downloaded: {bytes}");
     assert!(
         body.contains(r#"sluice_cri_operations_total{operation="PullImage",code="NotFound"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn metrics_over_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=sluice-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl could not make a test certificate");
+    let d = Daemon::start_with(
+        Layout::new(&format!(
+            "[metrics]\nenable = true\naddress = \"127.0.0.1:0\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        )),
+        &[],
+    )
+    .await;
+    let addr = metrics_addr(&d).await;
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{addr}/metrics"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sluice_process_threads"));
+    // Plain HTTP to the HTTPS port gets no metrics.
+    let plain = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5"])
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+}
+
+#[test]
+fn metrics_tls_needs_both_files() {
+    let layout = Layout::new("[metrics]\nenable = true\ntls_cert = \"/etc/x.pem\"\n");
+    let (status, out) = sluice_e2e::run_to_exit(layout.command(&[]), Duration::from_secs(15));
+    assert_eq!(status.code(), Some(64), "{out}");
+    assert!(
+        out.contains("metrics.tls_cert") && out.contains("tls_key"),
+        "{out}"
     );
 }

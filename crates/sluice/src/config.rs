@@ -109,6 +109,9 @@ pub struct MetricsConfig {
     pub address: String,
     /// Unix socket for `/metrics` instead of TCP when non-empty.
     pub socket: String,
+    /// PEM certificate chain and private key: serve HTTPS when both are set.
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Default for MetricsConfig {
@@ -117,6 +120,8 @@ impl Default for MetricsConfig {
             enable: false,
             address: "127.0.0.1:9537".to_string(),
             socket: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -613,6 +618,30 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
             ),
         ));
     }
+    let m = &config.metrics;
+    match (m.tls_cert.is_empty(), m.tls_key.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            for (key, path) in [
+                ("metrics.tls_cert", &m.tls_cert),
+                ("metrics.tls_key", &m.tls_key),
+            ] {
+                absolute(key, Path::new(path))?;
+            }
+            if !m.socket.is_empty() {
+                return Err(invalid(
+                    "metrics.tls_cert",
+                    "TLS applies to the TCP address; unset metrics.socket to use it".to_string(),
+                ));
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "metrics.tls_cert",
+                "set both metrics.tls_cert and metrics.tls_key, or neither".to_string(),
+            ));
+        }
+    }
     let ep = &config.tracing.endpoint;
     if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() < 9 {
         return Err(invalid(
@@ -806,6 +835,10 @@ enable = {metrics_enable}
 address = "{metrics_address}"
 # Serve /metrics on this unix socket instead of TCP (empty: use address).
 socket = "{metrics_socket}"
+# PEM certificate chain for HTTPS on address (empty: plain HTTP). Needs tls_key too.
+tls_cert = "{metrics_tls_cert}"
+# PEM private key (PKCS#8, PKCS#1 or SEC1) matching tls_cert.
+tls_key = "{metrics_tls_key}"
 
 [tracing]
 # Export OpenTelemetry traces (one span per CRI call, children per step) over OTLP/gRPC.
@@ -841,6 +874,8 @@ sampling_rate_per_million = {sampling}
         metrics_enable = d.metrics.enable,
         metrics_address = d.metrics.address,
         metrics_socket = d.metrics.socket,
+        metrics_tls_cert = d.metrics.tls_cert,
+        metrics_tls_key = d.metrics.tls_key,
         tracing_enable = d.tracing.enable,
         tracing_endpoint = d.tracing.endpoint,
         sampling = d.tracing.sampling_rate_per_million,

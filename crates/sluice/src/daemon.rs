@@ -212,9 +212,22 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
         } else {
             telemetry::metrics::MetricsAddr::Unix(config.metrics.socket.clone().into())
         };
-        let listener = telemetry::metrics::MetricsListener::bind(&addr)
-            .await
-            .with_context(|| format!("binding the metrics endpoint {addr:?}"))?;
+        let listener = match (&addr, config.metrics.tls_cert.is_empty()) {
+            (telemetry::metrics::MetricsAddr::Tcp(a), false) => {
+                telemetry::metrics::MetricsListener::Tls(
+                    telemetry::metrics::TlsListener::bind(
+                        *a,
+                        config.metrics.tls_cert.as_ref(),
+                        config.metrics.tls_key.as_ref(),
+                    )
+                    .await
+                    .context("setting up HTTPS for the metrics endpoint")?,
+                )
+            }
+            _ => telemetry::metrics::MetricsListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr:?}"))?,
+        };
         tracing::info!(address = %listener.describe(), "serving Prometheus metrics at /metrics");
         let mut stop = fired_rx.clone();
         let shutdown = async move {

@@ -143,7 +143,108 @@ pub enum MetricsAddr {
 #[derive(Debug)]
 pub enum MetricsListener {
     Tcp(tokio::net::TcpListener),
+    Tls(TlsListener),
     Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// Why TLS for `/metrics` could not be set up; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// HTTPS for `/metrics`: TCP accept plus a rustls handshake (bounded to 5 s, so a stalled
+/// client cannot hold the endpoint; failed handshakes are logged at debug and skipped).
+pub struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("addr", &self.tcp.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsListener {
+    /// Binds `addr` and loads the PEM certificate chain and private key.
+    pub async fn bind(
+        addr: std::net::SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Self, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let pem = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsError::Pem {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| pem(cert, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem(cert, &e))?;
+        if certs.is_empty() {
+            return Err(pem(cert, &"no certificate in the file"));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, &e))?;
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key_der)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| TlsError::Bind { addr, source })?;
+        Ok(Self {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                self.acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "metrics TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 impl MetricsListener {
@@ -168,6 +269,9 @@ impl MetricsListener {
             Self::Tcp(l) => l
                 .local_addr()
                 .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("<{e}>")),
+            Self::Tls(l) => axum::serve::Listener::local_addr(l)
+                .map(|a| format!("https://{a}"))
                 .unwrap_or_else(|e| format!("<{e}>")),
             Self::Unix(_, p) => format!("unix:{}", p.display()),
         }
@@ -201,6 +305,7 @@ pub async fn serve(
         .with_state(registry);
     match listener {
         MetricsListener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+        MetricsListener::Tls(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
         MetricsListener::Unix(l, path) => {
             let r = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
             let _ = std::fs::remove_file(path);
