@@ -138,3 +138,50 @@ impl Cgroups for FakeCgroups {
         Ok(())
     }
 }
+
+/// Fake image source: every image name resolves to a one-layer image under `layer`.
+#[derive(Debug, Default)]
+pub struct FakeImages {
+    pub layer: std::path::PathBuf,
+    missing: Mutex<BTreeSet<String>>,
+}
+
+impl FakeImages {
+    pub fn new(layer: std::path::PathBuf) -> Self {
+        Self {
+            layer,
+            missing: Mutex::default(),
+        }
+    }
+
+    /// Makes `image` unknown.
+    pub fn remove(&self, image: &str) {
+        self.missing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(image.to_string());
+    }
+}
+
+impl crate::containers::ImageSource for FakeImages {
+    fn resolve(&self, image: &str) -> Result<Option<crate::ResolvedImage>, String> {
+        if self
+            .missing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(image)
+        {
+            return Ok(None);
+        }
+        Ok(Some(crate::ResolvedImage {
+            id: format!("sha256:{:0>64}", image.len()),
+            image_ref: format!("{image}@sha256:{:0>64}", image.len()),
+            layers: vec![self.layer.clone()],
+            config: oci::spec::ImageConfig {
+                cmd: vec!["sh".into()],
+                ..Default::default()
+            },
+            stop_signal: None,
+        }))
+    }
+}

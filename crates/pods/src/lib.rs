@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod containers;
 pub mod files;
 mod metrics;
 pub mod net;
@@ -40,6 +41,10 @@ use nsmgr::{NamespaceManager, NamespaceMode, NamespaceRequest, PodId};
 use tracing::Instrument;
 
 pub use cgroup::{CgroupError, CgroupFs, Cgroups};
+pub use containers::{
+    ContainerConfig, ContainerFilter, ContainerRecord, ContainerState, ContainerStats, ExecResult,
+    ImageSource, ImageUsageProxy, PodStats, ResolvedImage,
+};
 pub use metrics::PodMetrics;
 pub use net::{Attached, CniNetworking, NetAttach, PodNetworking, Readiness};
 pub use store::{Store, StoreError};
@@ -83,6 +88,12 @@ pub enum PodError {
     NameReserved { name: String, id: String },
     #[error("pod sandbox {0:?} not found")]
     NotFound(String),
+    #[error("container {0:?} not found")]
+    ContainerNotFound(String),
+    #[error("container name {name:?} is already reserved by container {id}")]
+    ContainerNameReserved { name: String, id: String },
+    #[error("image {0:?} not found: pull it first")]
+    ImageNotFound(String),
     #[error("pod sandbox id prefix {prefix:?} is ambiguous: it matches {}", matches.join(", "))]
     Ambiguous {
         prefix: String,
@@ -111,8 +122,13 @@ impl PodError {
             PodError::InvalidArgument { .. } | PodError::Ambiguous { .. } => {
                 ErrorKind::InvalidArgument
             }
-            PodError::NameReserved { .. } => ErrorKind::AlreadyExists,
-            PodError::NotFound(_) | PodError::UnknownHandler { .. } => ErrorKind::NotFound,
+            PodError::NameReserved { .. } | PodError::ContainerNameReserved { .. } => {
+                ErrorKind::AlreadyExists
+            }
+            PodError::NotFound(_)
+            | PodError::ContainerNotFound(_)
+            | PodError::ImageNotFound(_)
+            | PodError::UnknownHandler { .. } => ErrorKind::NotFound,
             PodError::NetworkNotReady { .. } => ErrorKind::FailedPrecondition,
             PodError::Step { kind, .. } => *kind,
             PodError::Teardown { .. } | PodError::Store(_) => ErrorKind::Internal,
@@ -149,6 +165,12 @@ pub struct PodsConfig {
     pub host_resolv_conf: PathBuf,
     /// Source of the boot id (`/proc/sys/kernel/random/boot_id`).
     pub boot_id_path: PathBuf,
+    /// Container records (`<storage.root>/containers`).
+    pub containers_dir: PathBuf,
+    /// Container writable layers and rootfs mounts (`<storage.root>/overlay/<id>`).
+    pub overlay_dir: PathBuf,
+    /// OCI bundles (`<storage.runroot>/containers/<id>`).
+    pub bundles_dir: PathBuf,
 }
 
 impl PodsConfig {
@@ -162,6 +184,9 @@ impl PodsConfig {
             runtime_handlers: vec![String::new(), "runc".to_string()],
             host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
             boot_id_path: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+            containers_dir: root.join("containers"),
+            overlay_dir: root.join("overlay"),
+            bundles_dir: runroot.join("containers"),
         }
     }
 }
@@ -177,6 +202,14 @@ pub struct Deps {
     pub namespace_alive: fn(&Path) -> bool,
     /// Where timings and counts go (`PodMetrics::default()` when nobody scrapes).
     pub metrics: PodMetrics,
+    /// The OCI runtime (runc under conmon).
+    pub runtime: Arc<dyn oci::ContainerRuntime>,
+    /// Images for container root filesystems.
+    pub images: Arc<dyn ImageSource>,
+    /// The node and daemon facts that shape container specs (capability bounding set, ...).
+    pub host: Arc<oci::spec::Host>,
+    /// cgroup hierarchies, for container stats.
+    pub hierarchies: Arc<oci::stats::Hierarchies>,
 }
 
 /// What start-up recovery found and did.
@@ -226,11 +259,15 @@ impl Entry {
 pub struct PodManager {
     cfg: PodsConfig,
     deps: Deps,
-    store: Store,
+    store: Store<PodRecord>,
     boot_id: String,
     pods: RwLock<HashMap<String, Arc<Entry>>>,
     /// Reserved name → pod id.
     names: Mutex<HashMap<String, String>>,
+    containers: RwLock<HashMap<String, Arc<containers::CEntry>>>,
+    /// Reserved container name → container id.
+    container_names: Mutex<HashMap<String, String>>,
+    cstore: Store<ContainerRecord>,
 }
 
 impl std::fmt::Debug for PodManager {
@@ -256,6 +293,7 @@ impl PodManager {
     /// Opens the state store; call [`recover`](Self::recover) before serving.
     pub fn new(cfg: PodsConfig, deps: Deps) -> Result<Self, PodError> {
         let store = Store::open(&cfg.state_dir)?;
+        let cstore = Store::open(&cfg.containers_dir)?;
         let boot_id = std::fs::read_to_string(&cfg.boot_id_path)
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|e| {
@@ -269,6 +307,9 @@ impl PodManager {
             boot_id,
             pods: RwLock::default(),
             names: Mutex::default(),
+            containers: RwLock::default(),
+            container_names: Mutex::default(),
+            cstore,
         })
     }
 
@@ -446,6 +487,7 @@ impl PodManager {
             hostports: false,
             cgroup: None,
             files_dir: None,
+            pause_pid_ns: None,
         };
         // The Creating record is written first: if sluice dies during setup, recovery finds
         // it and releases whatever was set up.
@@ -667,10 +709,13 @@ impl PodManager {
         let mut rec = entry.get();
         let span = tracing::info_span!("stop_pod_sandbox", pod_id = %rec.id);
         async {
-            if rec.state == PodState::NotReady && rec.fully_released() {
+            // Containers first: StopPodSandbox forcibly terminates them (they are already
+            // stopped gracefully by the kubelet), so nothing still uses the network below.
+            let mut errors = self.stop_pod_containers(&rec.id).await;
+            if rec.state == PodState::NotReady && rec.fully_released() && errors.is_empty() {
                 return Ok(());
             }
-            let errors = self.release_all(&mut rec, Teardown::Recorded).await;
+            errors.extend(self.release_all(&mut rec, Teardown::Recorded).await);
             rec.state = PodState::NotReady;
             if rec.reason.is_empty() {
                 rec.reason = "stopped".to_string();
@@ -703,7 +748,8 @@ impl PodManager {
         let mut rec = entry.get();
         let span = tracing::info_span!("remove_pod_sandbox", pod_id = %rec.id);
         async {
-            let mut errors = self.release_all(&mut rec, Teardown::Recorded).await;
+            let mut errors = self.remove_pod_containers(&rec.id).await;
+            errors.extend(self.release_all(&mut rec, Teardown::Recorded).await);
             errors.extend(self.remove_local(&mut rec));
             if !errors.is_empty() {
                 rec.state = PodState::NotReady;
@@ -913,6 +959,14 @@ impl PodManager {
         }
 
         let pods: Vec<PodRecord> = self.read_pods().values().map(|e| e.get()).collect();
+
+        // Containers kept running under their monitors; learn what happened meanwhile.
+        let mut cwarn = Vec::new();
+        match self.recover_containers(&mut cwarn).await {
+            Ok(n) => tracing::info!(containers = n, "container state recovered"),
+            Err(e) => cwarn.push(format!("loading container records: {e}")),
+        }
+        report.warnings.extend(cwarn);
 
         // CNI: release attachments (and leases) of pods sluice no longer knows.
         let live: Vec<String> = pods

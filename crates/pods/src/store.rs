@@ -1,4 +1,5 @@
-//! The pod state store: one JSON file per pod under `<root>/pods/`, replaced atomically.
+//! The state store: one JSON file per object (pods under `<root>/pods/`, containers under
+//! `<root>/containers/`), replaced atomically.
 //!
 //! Why files and not an embedded database: a pod record is small and written whole, records
 //! never need cross-object transactions (each RPC changes one pod), and operators can read them
@@ -12,7 +13,26 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::types::PodRecord;
+
+/// An object the store keeps: serializable, with an id that names its file.
+pub trait Record: Serialize + DeserializeOwned {
+    fn id(&self) -> &str;
+    /// Load order (creation time).
+    fn created_at(&self) -> i64;
+}
+
+impl Record for PodRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
 
 const SUFFIX: &str = ".json";
 const TMP_SUFFIX: &str = ".json.tmp";
@@ -41,10 +61,20 @@ pub struct CorruptRecord {
     pub reason: String,
 }
 
-/// The directory of pod records.
-#[derive(Debug, Clone)]
-pub struct Store {
+/// The directory of records of one kind.
+#[derive(Debug)]
+pub struct Store<T> {
     dir: PathBuf,
+    _kind: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Store<T> {
+    fn clone(&self) -> Self {
+        Self {
+            dir: self.dir.clone(),
+            _kind: std::marker::PhantomData,
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -54,7 +84,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-impl Store {
+impl<T: Record> Store<T> {
     /// Opens (creating, mode 0700) the store directory and removes temp files a crash left.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
@@ -70,7 +100,10 @@ impl Store {
                 fs::remove_file(&path).map_err(io(&path))?;
             }
         }
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            _kind: std::marker::PhantomData,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -82,7 +115,7 @@ impl Store {
     }
 
     /// Every readable record, plus the files that could not be read.
-    pub fn load_all(&self) -> Result<(Vec<PodRecord>, Vec<CorruptRecord>), StoreError> {
+    pub fn load_all(&self) -> Result<(Vec<T>, Vec<CorruptRecord>), StoreError> {
         let mut records = Vec::new();
         let mut corrupt = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
@@ -93,24 +126,24 @@ impl Store {
             }
             let parsed = fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<PodRecord>(&b).map_err(|e| e.to_string()));
+                .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()));
             match parsed {
-                Ok(r) if self.path(&r.id) == path => records.push(r),
+                Ok(r) if self.path(r.id()) == path => records.push(r),
                 Ok(r) => corrupt.push(CorruptRecord {
                     path: path.clone(),
-                    reason: format!("record id {} does not match the file name", r.id),
+                    reason: format!("record id {} does not match the file name", r.id()),
                 }),
                 Err(reason) => corrupt.push(CorruptRecord { path, reason }),
             }
         }
-        records.sort_by_key(|r| r.created_at);
+        records.sort_by_key(|r| r.created_at());
         Ok((records, corrupt))
     }
 
     /// Writes `record` durably and atomically (see the module docs).
-    pub fn save(&self, record: &PodRecord) -> Result<(), StoreError> {
-        let path = self.path(&record.id);
-        let tmp = self.dir.join(format!("{}{TMP_SUFFIX}", record.id));
+    pub fn save(&self, record: &T) -> Result<(), StoreError> {
+        let path = self.path(record.id());
+        let tmp = self.dir.join(format!("{}{TMP_SUFFIX}", record.id()));
         let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Encode {
             path: path.clone(),
             source,
@@ -166,6 +199,7 @@ mod tests {
             hostports: false,
             cgroup: None,
             files_dir: None,
+            pause_pid_ns: None,
         }
     }
 
@@ -200,7 +234,7 @@ mod tests {
         fs::write(pods.join("half.json.tmp"), b"{\"id\": \"ha").unwrap();
         // ...and a disk problem could leave garbage under a real name.
         fs::write(pods.join("bad.json"), b"not json").unwrap();
-        let store = Store::open(&pods).unwrap();
+        let store: Store<PodRecord> = Store::open(&pods).unwrap();
         assert!(
             !pods.join("half.json.tmp").exists(),
             "temp files are cleaned at open"

@@ -150,6 +150,10 @@ pub struct PodRecord {
     pub cgroup: Option<String>,
     /// Directory of the pod's resolv.conf, hostname and hosts files, until removed.
     pub files_dir: Option<PathBuf>,
+    /// The pod's shared PID namespace (`/proc/<pid>/ns/pid` of its pause process) when the pod
+    /// shares one (PID mode POD).
+    #[serde(default)]
+    pub pause_pid_ns: Option<PathBuf>,
 }
 
 impl PodRecord {

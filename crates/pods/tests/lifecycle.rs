@@ -52,6 +52,15 @@ impl World {
                 cgroups: self.cg.clone(),
                 namespace_alive: |p| p.to_string_lossy().contains("sluice-"),
                 metrics: pods::PodMetrics::default(),
+                runtime: std::sync::Arc::new(oci::fake::FakeRuntime::new()),
+                images: std::sync::Arc::new(pods::fake::FakeImages::default()),
+                host: std::sync::Arc::new(
+                    oci::spec::Host::detect(oci::spec::Host::default_capability_names())
+                        .expect("host"),
+                ),
+                hierarchies: std::sync::Arc::new(
+                    oci::stats::Hierarchies::discover().expect("cgroups"),
+                ),
             },
         )
         .unwrap()
@@ -371,6 +380,15 @@ async fn recovery_marks_pods_of_a_previous_boot_not_ready() {
                 cgroups: w.cg.clone(),
                 namespace_alive: |_| true,
                 metrics: pods::PodMetrics::default(),
+                runtime: std::sync::Arc::new(oci::fake::FakeRuntime::new()),
+                images: std::sync::Arc::new(pods::fake::FakeImages::default()),
+                host: std::sync::Arc::new(
+                    oci::spec::Host::detect(oci::spec::Host::default_capability_names())
+                        .expect("host"),
+                ),
+                hierarchies: std::sync::Arc::new(
+                    oci::stats::Hierarchies::discover().expect("cgroups"),
+                ),
             },
         )
         .unwrap()

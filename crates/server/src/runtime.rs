@@ -305,6 +305,15 @@ mod tests {
                 cgroups: Arc::new(pods::fake::FakeCgroups::default()),
                 namespace_alive: |_| true,
                 metrics: pods::PodMetrics::default(),
+                runtime: std::sync::Arc::new(oci::fake::FakeRuntime::new()),
+                images: std::sync::Arc::new(pods::fake::FakeImages::default()),
+                host: std::sync::Arc::new(
+                    oci::spec::Host::detect(oci::spec::Host::default_capability_names())
+                        .expect("host"),
+                ),
+                hierarchies: std::sync::Arc::new(
+                    oci::stats::Hierarchies::discover().expect("cgroups"),
+                ),
             },
         )
         .expect("pod manager");

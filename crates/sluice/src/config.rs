@@ -149,14 +149,23 @@ impl Default for TracingConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
+    /// The OCI runtime: a name looked up in PATH or an absolute path.
+    pub runtime_path: String,
+    /// The container monitor (conmon): a name looked up in PATH or an absolute path.
+    pub monitor_path: String,
     /// cgroupfs parent for pods whose config names none (crictl); kubelet pods bring theirs.
     pub cgroup_parent: String,
+    /// Capabilities of containers that ask for no change (CRI-O's default set).
+    pub default_capabilities: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
+            runtime_path: "runc".to_string(),
+            monitor_path: "conmon".to_string(),
             cgroup_parent: "/sluice".to_string(),
+            default_capabilities: oci::spec::Host::default_capability_names(),
         }
     }
 }
@@ -578,6 +587,30 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
             format!("{table:?} must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_'"),
         ));
     }
+    for cap in &config.runtime.default_capabilities {
+        let name = cap.trim_start_matches("CAP_");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(invalid(
+                "runtime.default_capabilities",
+                format!("{cap:?} is not a capability name (like \"CHOWN\" or \"CAP_CHOWN\")"),
+            ));
+        }
+    }
+    for (key, v) in [
+        ("runtime.runtime_path", &config.runtime.runtime_path),
+        ("runtime.monitor_path", &config.runtime.monitor_path),
+    ] {
+        if v.is_empty() || (v.contains('/') && !v.starts_with('/')) {
+            return Err(invalid(
+                key,
+                format!("{v:?} must be a program name found in PATH or an absolute path"),
+            ));
+        }
+    }
     if let Err(message) =
         pods::cgroup::validate_parent(&config.runtime.cgroup_parent).and_then(|()| {
             if config.runtime.cgroup_parent.is_empty() {
@@ -822,10 +855,19 @@ insecure_registries = []
 mirrors = []
 
 [runtime]
+# The OCI runtime binary: a name looked up in PATH, or an absolute path. runc 1.1+ (crun 1.8
+# refuses cgroup v1 hybrid hosts).
+runtime_path = "{runtime_path}"
+# The container monitor (conmon) that owns each container's stdio, log and exit status and
+# keeps containers running across sluice restarts: a name in PATH or an absolute path.
+monitor_path = "{monitor_path}"
 # cgroupfs parent of pods whose config names none (pods from crictl); the kubelet gives each
 # pod its own parent (/kubepods/...). sluice manages cgroups through cgroupfs directly, so the
 # kubelet must run with cgroupDriver: cgroupfs.
 cgroup_parent = "{cgroup_parent}"
+# Capabilities a container gets when it asks for no change. "ALL" in a container's add list
+# means every capability in sluice's own bounding set, never more.
+default_capabilities = [{default_caps}]
 
 [metrics]
 # Serve Prometheus metrics (OpenMetrics text) at /metrics.
@@ -871,6 +913,15 @@ sampling_rate_per_million = {sampling}
         hostport_mapping = d.network.hostport_mapping,
         hostport_table = d.network.hostport_table,
         cgroup_parent = d.runtime.cgroup_parent,
+        runtime_path = d.runtime.runtime_path,
+        monitor_path = d.runtime.monitor_path,
+        default_caps = d
+            .runtime
+            .default_capabilities
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         metrics_enable = d.metrics.enable,
         metrics_address = d.metrics.address,
         metrics_socket = d.metrics.socket,

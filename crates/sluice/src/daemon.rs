@@ -142,6 +142,11 @@ pub fn run(config: Config, runtime: &tokio::runtime::Runtime) -> anyhow::Result<
 async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> {
     // Signals first: a SIGTERM during recovery must mean a clean shutdown, not death.
     let signals = Signals::install().context("installing SIGTERM/SIGINT handlers")?;
+    // Monitors (conmon) daemonize and exec'd processes can be orphaned: they are reparented
+    // to sluice, which reaps them at once (PID 1 here reaps late).
+    oci::reaper::become_subreaper().context("becoming a child subreaper")?;
+    let _reaper = oci::reaper::spawn_reaper(std::time::Duration::from_secs(5))
+        .context("starting the reaper")?;
     let listener =
         tokio::net::UnixListener::from_std(listener).context("registering the CRI socket")?;
     let info = server::RuntimeInfo {
@@ -163,13 +168,6 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     ));
     cni.start_watching()
         .context("watching the CNI config directory")?;
-    let pods = Arc::new(pod_manager(&config, Arc::clone(&cni), pod_metrics)?);
-    // Reconcile persisted pods with the kernel before the first CRI call is served.
-    let report = pods.recover().await.context("recovering pod state")?;
-    for w in &report.warnings {
-        tracing::warn!(warning = %w, "pod state recovery");
-    }
-    let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))), pods);
     let images_config = images::Config {
         root: config.storage.root.join("images"),
         registries: images::RegistryConfig {
@@ -185,18 +183,30 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
                 .collect(),
         },
     };
-    // Opening cleans interrupted pulls and unreferenced layers: blocking file work.
-    // No containers exist yet, so no image is in use.
+    // Opening cleans interrupted pulls and unreferenced layers: blocking file work. Which
+    // images are in use is answered by the pod manager once it exists.
+    let usage = Arc::new(pods::ImageUsageProxy::default());
+    let usage_for_images: Arc<dyn images::ImageUsage> = usage.clone();
     let images = tokio::task::spawn_blocking(move || {
-        images::ImageService::open_with_metrics(
-            images_config,
-            Arc::new(images::NoContainers),
-            image_metrics,
-        )
+        images::ImageService::open_with_metrics(images_config, usage_for_images, image_metrics)
     })
     .await
     .context("opening the image store")?
     .context("opening the image store")?;
+
+    let pods = Arc::new(pod_manager(
+        &config,
+        Arc::clone(&cni),
+        pod_metrics,
+        images.clone(),
+    )?);
+    usage.set(&pods);
+    // Reconcile persisted pods and containers with the kernel before the first CRI call.
+    let report = pods.recover().await.context("recovering pod state")?;
+    for w in &report.warnings {
+        tracing::warn!(warning = %w, "pod state recovery");
+    }
+    let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))), pods);
     let images = server::ImageSvc::new(images);
 
     let (fired_tx, mut fired_rx) = watch::channel(false);
@@ -302,7 +312,23 @@ fn pod_manager(
     config: &Config,
     cni: Arc<cnimgr::CniManager>,
     metrics: pods::PodMetrics,
+    images: images::ImageService,
 ) -> anyhow::Result<pods::PodManager> {
+    let program = |name: &str| -> anyhow::Result<std::path::PathBuf> {
+        if name.starts_with('/') {
+            Ok(name.into())
+        } else {
+            oci::runtime::find_in_path(name).with_context(|| format!("finding {name}"))
+        }
+    };
+    let mut runtime_config =
+        oci::RuntimeConfig::new(&config.storage.runroot).context("configuring the OCI runtime")?;
+    runtime_config.runc = program(&config.runtime.runtime_path)?;
+    runtime_config.conmon = program(&config.runtime.monitor_path)?;
+    let runtime = oci::Runc::new(runtime_config).context("setting up runc and conmon")?;
+    let host = oci::spec::Host::detect(config.runtime.default_capabilities.clone())
+        .context("reading the capability bounding set and cgroup layout")?;
+    let hierarchies = oci::stats::Hierarchies::discover().context("finding cgroup hierarchies")?;
     let namespaces = nsmgr::PinnedNamespaces::new(nsmgr::PinDirs {
         netns_dir: config.network.netns_dir.clone(),
         ns_dir: config.storage.runroot.join("ns"),
@@ -331,6 +357,10 @@ fn pod_manager(
             cgroups: Arc::new(cgroups),
             namespace_alive: pods::is_live_namespace,
             metrics,
+            runtime: Arc::new(runtime),
+            images: Arc::new(images),
+            host: Arc::new(host),
+            hierarchies: Arc::new(hierarchies),
         },
     )
     .context("opening the pod state store")

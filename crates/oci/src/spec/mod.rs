@@ -390,6 +390,67 @@ pub struct Generated {
     pub user: ResolvedUser,
 }
 
+/// The OCI `linux.resources` of CRI resources on this host (also what UpdateContainerResources
+/// hands `runc update`).
+pub fn linux_resources(
+    resources: &Resources,
+    host: &Host,
+    privileged: bool,
+) -> Result<oci::LinuxResources, SpecError> {
+    let r = resources;
+    if !r.unified.is_empty() && !host.cgroup_v2 {
+        return Err(SpecError::UnifiedOnV1);
+    }
+    let mut res = oci::LinuxResources {
+        devices: vec![oci::DeviceCgroup {
+            allow: privileged,
+            kind: None,
+            major: None,
+            minor: None,
+            access: Some("rwm".into()),
+        }],
+        ..Default::default()
+    };
+    let cpu = oci::Cpu {
+        shares: (r.cpu_shares > 0).then_some(r.cpu_shares),
+        quota: (r.cpu_quota > 0).then_some(r.cpu_quota),
+        period: (r.cpu_period > 0).then_some(r.cpu_period),
+        cpus: r.cpuset_cpus.clone(),
+        mems: r.cpuset_mems.clone(),
+    };
+    if cpu != oci::Cpu::default() {
+        res.cpu = Some(cpu);
+    }
+    if r.memory_limit_bytes > 0 {
+        let swap = if r.memory_swap_limit_bytes > 0 {
+            Some(r.memory_swap_limit_bytes.max(r.memory_limit_bytes))
+        } else if host.swap_accounting {
+            Some(r.memory_limit_bytes)
+        } else {
+            None
+        };
+        res.memory = Some(oci::Memory {
+            limit: Some(r.memory_limit_bytes),
+            swap: swap.filter(|_| host.swap_accounting),
+        });
+    }
+    if r.pids_limit > 0 {
+        res.pids = Some(oci::Pids {
+            limit: r.pids_limit,
+        });
+    }
+    res.hugepage_limits = r
+        .hugepage_limits
+        .iter()
+        .map(|(size, limit)| oci::HugepageLimit {
+            page_size: size.clone(),
+            limit: *limit,
+        })
+        .collect();
+    res.unified = r.unified.clone();
+    Ok(res)
+}
+
 /// Reads `rel` (relative, e.g. `etc/passwd`) inside `root` with every symlink resolved as if
 /// `root` were `/`. `Ok(None)` when it does not exist.
 pub fn read_rootfs_file(root: &Path, rel: &str) -> Result<Option<String>, SpecError> {
@@ -716,57 +777,7 @@ pub fn generate(spec: &ContainerSpec, host: &Host) -> Result<Generated, SpecErro
     };
 
     // Resources.
-    let r = &spec.resources;
-    if !r.unified.is_empty() && !host.cgroup_v2 {
-        return Err(SpecError::UnifiedOnV1);
-    }
-    let mut res = oci::LinuxResources {
-        devices: vec![oci::DeviceCgroup {
-            allow: privileged,
-            kind: None,
-            major: None,
-            minor: None,
-            access: Some("rwm".into()),
-        }],
-        ..Default::default()
-    };
-    let cpu = oci::Cpu {
-        shares: (r.cpu_shares > 0).then_some(r.cpu_shares),
-        quota: (r.cpu_quota > 0).then_some(r.cpu_quota),
-        period: (r.cpu_period > 0).then_some(r.cpu_period),
-        cpus: r.cpuset_cpus.clone(),
-        mems: r.cpuset_mems.clone(),
-    };
-    if cpu != oci::Cpu::default() {
-        res.cpu = Some(cpu);
-    }
-    if r.memory_limit_bytes > 0 {
-        let swap = if r.memory_swap_limit_bytes > 0 {
-            Some(r.memory_swap_limit_bytes.max(r.memory_limit_bytes))
-        } else if host.swap_accounting {
-            Some(r.memory_limit_bytes)
-        } else {
-            None
-        };
-        res.memory = Some(oci::Memory {
-            limit: Some(r.memory_limit_bytes),
-            swap: swap.filter(|_| host.swap_accounting),
-        });
-    }
-    if r.pids_limit > 0 {
-        res.pids = Some(oci::Pids {
-            limit: r.pids_limit,
-        });
-    }
-    res.hugepage_limits = r
-        .hugepage_limits
-        .iter()
-        .map(|(size, limit)| oci::HugepageLimit {
-            page_size: size.clone(),
-            limit: *limit,
-        })
-        .collect();
-    res.unified = r.unified.clone();
+    let res = linux_resources(&spec.resources, host, privileged)?;
 
     let (masked, readonly) = if privileged {
         (Vec::new(), Vec::new())
