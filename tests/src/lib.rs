@@ -215,6 +215,15 @@ impl Drop for Layout {
 /// Removes a cgroup directory and every child cgroup, deepest first (cgroupfs allows rmdir of
 /// a cgroup that holds no process, control files and all).
 fn remove_cgroup_tree(dir: &Path) {
+    // Processes a failed test left in the daemon's cgroups (pause processes, containers).
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if !procs.trim().is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -36,6 +36,8 @@ pub trait Cgroups: Send + Sync + Debug {
     /// Removes the leaf `path` from every hierarchy; absent is fine. Fails (EBUSY) while a
     /// process or child cgroup is still inside.
     fn remove(&self, path: &str) -> Result<(), CgroupError>;
+    /// Moves process `pid` into `path` in every hierarchy.
+    fn add_process(&self, path: &str, pid: i32) -> Result<(), CgroupError>;
 }
 
 /// Validates a cgroupfs path given by a client: absolute, no `.`/`..` components, and not a
@@ -116,6 +118,18 @@ fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
 }
 
 impl Cgroups for CgroupFs {
+    fn add_process(&self, path: &str, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.each(path) {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Io {
+                op: "adding a process to",
+                path: procs,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     fn create(&self, path: &str) -> Result<(), CgroupError> {
         for dir in self.each(path) {
             std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Io {
@@ -128,6 +142,33 @@ impl Cgroups for CgroupFs {
     }
 
     fn remove(&self, path: &str) -> Result<(), CgroupError> {
+        // A pod being removed keeps nothing running: SIGKILL what is left in its cgroup (the
+        // pause process after a crash, say), then give the kernel a moment to empty it.
+        let mut killed = false;
+        for dir in self.each(path) {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    killed = true;
+                }
+            }
+        }
+        if killed {
+            for _ in 0..50 {
+                let empty = self.each(path).all(|d| {
+                    std::fs::read_to_string(d.join("cgroup.procs"))
+                        .map(|p| p.trim().is_empty())
+                        .unwrap_or(true)
+                });
+                if empty {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let mut first_err = None;
         for dir in self.each(path) {
             match std::fs::remove_dir(&dir) {

@@ -122,6 +122,10 @@ impl FakeCgroups {
 }
 
 impl Cgroups for FakeCgroups {
+    fn add_process(&self, _path: &str, _pid: i32) -> Result<(), CgroupError> {
+        Ok(())
+    }
+
     fn create(&self, path: &str) -> Result<(), CgroupError> {
         self.paths
             .lock()

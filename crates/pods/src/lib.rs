@@ -171,6 +171,9 @@ pub struct PodsConfig {
     pub overlay_dir: PathBuf,
     /// OCI bundles (`<storage.runroot>/containers/<id>`).
     pub bundles_dir: PathBuf,
+    /// The `sluice` executable, whose `pause` subcommand holds a pod's shared PID namespace
+    /// (PID mode POD); `None` makes such pods fail with FailedPrecondition.
+    pub pause_command: Option<PathBuf>,
 }
 
 impl PodsConfig {
@@ -187,6 +190,7 @@ impl PodsConfig {
             containers_dir: root.join("containers"),
             overlay_dir: root.join("overlay"),
             bundles_dir: runroot.join("containers"),
+            pause_command: None,
         }
     }
 }
@@ -488,6 +492,7 @@ impl PodManager {
             cgroup: None,
             files_dir: None,
             pause_pid_ns: None,
+            pause_pid: None,
         };
         // The Creating record is written first: if sluice dies during setup, recovery finds
         // it and releases whatever was set up.
@@ -574,8 +579,33 @@ impl PodManager {
             .cgroups
             .create(&cg)
             .map_err(|e| PodError::step("creating the pod cgroup", ErrorKind::Internal, e))?;
-        rec.cgroup = Some(cg);
+        rec.cgroup = Some(cg.clone());
         times.cgroup = t.elapsed();
+
+        // 2b. A shared PID namespace (PID mode POD) lives as long as its pause process.
+        if cfg.pid == NsMode::Pod {
+            let exe = self.cfg.pause_command.clone().ok_or_else(|| {
+                PodError::step(
+                    "sharing a PID namespace in the pod",
+                    ErrorKind::FailedPrecondition,
+                    "this sluice has no pause command configured",
+                )
+            })?;
+            let (holder, init) = tokio::task::spawn_blocking(move || start_pause(&exe))
+                .instrument(tracing::info_span!("pause_start"))
+                .await
+                .map_err(|e| PodError::step("starting the pause process", ErrorKind::Internal, e))?
+                .map_err(|e| {
+                    PodError::step("starting the pause process", ErrorKind::Internal, e)
+                })?;
+            rec.pause_pid = Some(holder);
+            rec.pause_pid_ns = Some(PathBuf::from(format!("/proc/{init}/ns/pid")));
+            for pid in [holder, init] {
+                if let Err(e) = self.deps.cgroups.add_process(&cg, pid) {
+                    tracing::warn!(pid, error = %e, "cannot move the pause process into the pod cgroup");
+                }
+            }
+        }
 
         // 3. CNI.
         if !host_net {
@@ -836,6 +866,15 @@ impl PodManager {
                 Err(e) => errors.push(format!("releasing namespaces: {e}")),
             }
         }
+        if let Some(pid) = rec.pause_pid {
+            match stop_pause(pid) {
+                Ok(()) => {
+                    rec.pause_pid = None;
+                    rec.pause_pid_ns = None;
+                }
+                Err(e) => errors.push(format!("stopping the pause process {pid}: {e}")),
+            }
+        }
         if all {
             errors.extend(self.remove_local(rec));
         }
@@ -1047,6 +1086,52 @@ fn hostport_mappings(cfg: &SandboxConfig) -> Vec<hostport::PortMapping> {
             host_ip: m.host_ip,
         })
         .collect()
+}
+
+/// Starts `<exe> pause` in its own session (so it outlives a daemon restart) and returns the
+/// holder's and the namespace init's host pids, which the holder prints.
+fn start_pause(exe: &Path) -> Result<(i32, i32), String> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("setsid")
+        .arg(exe)
+        .arg("pause")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running setsid {} pause: {e}", exe.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    let read = std::io::BufReader::new(stdout).read_line(&mut line);
+    let parsed = line
+        .split_whitespace()
+        .map(str::parse::<i32>)
+        .collect::<Result<Vec<_>, _>>();
+    match (read, parsed.as_deref()) {
+        (Ok(_), Ok([holder, init])) => Ok((*holder, *init)),
+        _ => {
+            let _ = child.kill();
+            let out = child
+                .wait_with_output()
+                .map(|o| o.stderr)
+                .unwrap_or_default();
+            Err(format!(
+                "the pause process did not report its pids (got {line:?}): {}",
+                String::from_utf8_lossy(&out).trim()
+            ))
+        }
+    }
+    // The child is not waited for here: it lives in its own session and the daemon's reaper
+    // collects it when it exits.
+}
+
+/// Asks the pause holder to end the PID namespace; gone already is fine.
+fn stop_pause(pid: i32) -> Result<(), String> {
+    use nix::sys::signal::{Signal, kill};
+    match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// 256 random bits as 64 hex characters, the id format of CRI runtimes.

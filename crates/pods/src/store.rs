@@ -200,6 +200,7 @@ mod tests {
             cgroup: None,
             files_dir: None,
             pause_pid_ns: None,
+            pause_pid: None,
         }
     }
 

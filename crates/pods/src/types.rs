@@ -154,6 +154,9 @@ pub struct PodRecord {
     /// shares one (PID mode POD).
     #[serde(default)]
     pub pause_pid_ns: Option<PathBuf>,
+    /// The pause holder process (killed to release the PID namespace).
+    #[serde(default)]
+    pub pause_pid: Option<i32>,
 }
 
 impl PodRecord {
@@ -172,6 +175,7 @@ impl PodRecord {
             && self.uts_ns.is_none()
             && self.network.is_none()
             && !self.hostports
+            && self.pause_pid.is_none()
     }
 }
 

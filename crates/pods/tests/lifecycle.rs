@@ -76,6 +76,8 @@ fn sandbox(name: &str) -> SandboxConfig {
             attempt: 0,
         },
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+        // A shared PID namespace needs the `sluice pause` binary (end-to-end tests cover it).
+        pid: NsMode::Container,
         ..Default::default()
     }
 }
@@ -414,4 +416,18 @@ async fn cgroup_parent_as_systemd_slice_is_rejected() {
     let err = m.run(cfg).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert!(err.to_string().contains("config.linux.cgroup_parent"));
+}
+
+#[tokio::test]
+async fn shared_pid_namespace_without_a_pause_command_is_failed_precondition() {
+    let w = World::new();
+    let m = w.manager();
+    let mut cfg = sandbox("p");
+    cfg.pid = NsMode::Pod;
+    let err = m.run(cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(
+        w.net.attached().is_empty() && w.cg.paths().is_empty(),
+        "unwound"
+    );
 }

@@ -348,6 +348,8 @@ fn pod_manager(
     let mut pods_config = pods::PodsConfig::new(&config.storage.root, &config.storage.runroot);
     pods_config.default_cgroup_parent = config.runtime.cgroup_parent.clone();
     pods_config.network_ready_timeout = config.network.network_ready_timeout.0;
+    pods_config.pause_command =
+        Some(std::env::current_exe().context("finding the sluice executable for `sluice pause`")?);
     pods::PodManager::new(
         pods_config,
         pods::Deps {

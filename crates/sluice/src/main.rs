@@ -13,6 +13,7 @@
 
 mod config;
 mod daemon;
+mod pause;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,13 @@ enum Command {
     Config,
     /// Print the version of sluice and of the CRI API it serves.
     Version,
+    /// Hold a pod's shared PID namespace (started by the daemon, not by people).
+    #[command(hide = true)]
+    Pause {
+        /// Run as PID 1 inside the namespace.
+        #[arg(long)]
+        init: bool,
+    },
 }
 
 #[allow(clippy::print_stdout)]
@@ -77,6 +85,9 @@ fn main() -> ExitCode {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             println!("CRI API {}", server::RUNTIME_API_VERSION);
             return ExitCode::SUCCESS;
+        }
+        Some(Command::Pause { init }) => {
+            return if init { pause::init() } else { pause::holder() };
         }
         None => {}
     }
