@@ -22,16 +22,23 @@ struct World {
     net: Arc<FakeNetworking>,
     ports: Arc<FakeHostPortManager>,
     cg: Arc<FakeCgroups>,
+    rt: Arc<oci::fake::FakeRuntime>,
+    images: Arc<pods::fake::FakeImages>,
 }
 
 impl World {
     fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
         Self {
-            dir: tempfile::tempdir().unwrap(),
             ns: Arc::new(FakeNamespaceManager::new()),
             net: Arc::new(FakeNetworking::default()),
             ports: Arc::new(FakeHostPortManager::default()),
             cg: Arc::new(FakeCgroups::default()),
+            rt: Arc::new(oci::fake::FakeRuntime::new()),
+            images: Arc::new(pods::fake::FakeImages::new(layer)),
+            dir,
         }
     }
 
@@ -52,8 +59,8 @@ impl World {
                 cgroups: self.cg.clone(),
                 namespace_alive: |p| p.to_string_lossy().contains("sluice-"),
                 metrics: pods::PodMetrics::default(),
-                runtime: std::sync::Arc::new(oci::fake::FakeRuntime::new()),
-                images: std::sync::Arc::new(pods::fake::FakeImages::default()),
+                runtime: self.rt.clone(),
+                images: self.images.clone(),
                 host: std::sync::Arc::new(
                     oci::spec::Host::detect(oci::spec::Host::default_capability_names())
                         .expect("host"),
@@ -430,4 +437,176 @@ async fn shared_pid_namespace_without_a_pause_command_is_failed_precondition() {
         w.net.attached().is_empty() && w.cg.paths().is_empty(),
         "unwound"
     );
+}
+
+impl Drop for World {
+    /// Detaches rootfs overlays a failed container test left under the temp dir.
+    fn drop(&mut self) {
+        let base = format!("{}/", self.dir.path().display());
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut points: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(4))
+                .filter(|p| p.starts_with(&base))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+fn container(name: &str) -> pods::ContainerConfig {
+    pods::ContainerConfig {
+        name: name.into(),
+        image: "busybox".into(),
+        command: vec!["sh".into(), "-c".into(), "sleep 100".into()],
+        labels: BTreeMap::from([("c".to_string(), name.to_string())]),
+        pid: NsMode::Container,
+        ..Default::default()
+    }
+}
+
+fn mounted(path: &std::path::Path) -> bool {
+    let p = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(p.as_str()))
+}
+
+#[tokio::test]
+async fn container_lifecycle_over_the_runtime() {
+    let w = World::new();
+    let m = w.manager();
+    let pod = m.run(sandbox("web")).await.unwrap();
+    let c = m.create_container(&pod.id, container("app")).await.unwrap();
+    assert_eq!(c.state, pods::ContainerState::Created);
+    assert!(mounted(&c.rootfs), "the rootfs overlay is mounted");
+    let spec = w.rt.spec(&c.id).unwrap();
+    let ns = serde_json::to_string(&spec.linux.namespaces).unwrap();
+    assert!(
+        ns.contains(pod.netns.as_ref().unwrap().to_str().unwrap()),
+        "joins the pod netns: {ns}"
+    );
+
+    // Names are reserved per pod.
+    let err = m
+        .create_container(&pod.id, container("app"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.to_string().contains(&c.id));
+
+    m.start_container(&c.id[..10]).await.unwrap();
+    assert_eq!(
+        m.container_status(&c.id).await.unwrap().state,
+        pods::ContainerState::Running
+    );
+    let err = m.start_container(&c.id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+
+    w.rt.exit(&c.id, 3);
+    let st = m.container_status(&c.id).await.unwrap();
+    assert_eq!(
+        (st.state, st.exit_code, st.reason.as_str()),
+        (pods::ContainerState::Exited, 3, "Error")
+    );
+    m.stop_container(&c.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+
+    let listed = m
+        .list_containers(&pods::ContainerFilter {
+            pod_id: Some(pod.id[..8].to_string()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(listed.len(), 1);
+
+    m.remove_container(&c.id).await.unwrap();
+    m.remove_container(&c.id).await.unwrap();
+    assert!(!mounted(&c.rootfs) && !c.upper_dir.exists() && !c.bundle.exists());
+    assert!(w.rt.ids().is_empty(), "deleted in the runtime");
+    assert_eq!(
+        m.container_status(&c.id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // The name is free again.
+    m.create_container(&pod.id, container("app")).await.unwrap();
+}
+
+#[tokio::test]
+async fn create_container_errors_are_precise_and_unwind() {
+    let w = World::new();
+    let m = w.manager();
+    let pod = m.run(sandbox("web")).await.unwrap();
+    w.images.remove("nope");
+    let mut cfg = container("a");
+    cfg.image = "nope".into();
+    let err = m.create_container(&pod.id, cfg).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("nope"));
+
+    w.rt.fail_next("create", "runc exploded");
+    let err = m
+        .create_container(&pod.id, container("b"))
+        .await
+        .unwrap_err();
+    assert!(pods::error_chain(&err).contains("runc exploded"));
+    let overlay = w.dir.path().join("root/overlay");
+    assert_eq!(
+        std::fs::read_dir(&overlay).map(|d| d.count()).unwrap_or(0),
+        0,
+        "rootfs unwound"
+    );
+    // The failed name is free.
+    m.create_container(&pod.id, container("b")).await.unwrap();
+
+    m.stop(&pod.id).await.unwrap();
+    let err = m
+        .create_container(&pod.id, container("c"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "pod not ready");
+}
+
+#[tokio::test]
+async fn pod_stop_kills_and_pod_remove_removes_its_containers_and_restart_reloads_them() {
+    let w = World::new();
+    let (pod, keep) = {
+        let m = w.manager();
+        let pod = m.run(sandbox("web")).await.unwrap();
+        let a = m.create_container(&pod.id, container("a")).await.unwrap();
+        m.start_container(&a.id).await.unwrap();
+        (pod, a)
+    };
+    // A new manager (daemon restart) reloads and reconciles the container.
+    let m = w.manager();
+    m.recover().await.unwrap();
+    assert_eq!(
+        m.container_status(&keep.id).await.unwrap().state,
+        pods::ContainerState::Running
+    );
+    assert_eq!(
+        m.create_container(&pod.id, container("a"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists,
+        "names survive the restart"
+    );
+
+    m.stop(&pod.id).await.unwrap();
+    assert!(
+        w.rt.calls()
+            .iter()
+            .any(|c| c == &format!("stop {}", keep.id)),
+        "{:?}",
+        w.rt.calls()
+    );
+    m.remove(&pod.id).await.unwrap();
+    assert!(m.list_containers(&Default::default()).await.is_empty());
+    assert!(!mounted(&keep.rootfs));
 }
