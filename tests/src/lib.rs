@@ -10,6 +10,7 @@
 
 #![allow(clippy::print_stderr)]
 
+pub mod containers;
 pub mod net;
 pub mod otlp;
 pub mod registry;
