@@ -926,6 +926,18 @@ impl PodManager {
             .get_or_create(&metrics::StateLabels { state: "notready" })
             .set(not_ready);
         m.hostport_mappings.set(mappings);
+        let mut by_state = [0i64; 4];
+        for c in self.read_containers().values() {
+            by_state[c.get().state as usize] += 1;
+        }
+        for (state, n) in ["created", "running", "exited", "unknown"]
+            .iter()
+            .zip(by_state)
+        {
+            m.containers
+                .get_or_create(&metrics::StateLabels { state })
+                .set(n);
+        }
     }
 
     async fn persist(&self, rec: &PodRecord) -> Result<(), StoreError> {

@@ -31,6 +31,8 @@ pub struct PodMetrics {
     pub(crate) teardown: Steps,
     pub(crate) pods: Family<StateLabels, Gauge>,
     pub(crate) hostport_mappings: Gauge,
+    pub(crate) containers: Family<StateLabels, Gauge>,
+    pub(crate) oom_kills: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for PodMetrics {
@@ -40,6 +42,8 @@ impl Default for PodMetrics {
             teardown: Family::new_with_constructor(step_histogram),
             pods: Family::default(),
             hostport_mappings: Gauge::default(),
+            containers: Family::default(),
+            oom_kills: Default::default(),
         }
     }
 }
@@ -63,6 +67,12 @@ impl PodMetrics {
             "hostport_mappings",
             "Host-port mappings published for ready pods",
             m.hostport_mappings.clone(),
+        );
+        registry.register("containers", "Containers by state", m.containers.clone());
+        registry.register(
+            "containers_oom",
+            "Containers seen ending with an OOM kill",
+            m.oom_kills.clone(),
         );
         m
     }

@@ -320,6 +320,7 @@ impl PodManager {
         }
         self.write_containers()
             .insert(id.clone(), CEntry::new(rec.clone()));
+        self.refresh_gauges();
         tracing::info!(image = %rec.image_ref, "container created");
         Ok(rec)
     }
@@ -490,6 +491,7 @@ impl PodManager {
         rec.started_at = unix_nanos();
         self.persist_container(&rec).await?;
         entry.set(rec);
+        self.refresh_gauges();
         Ok(())
     }
 
@@ -503,10 +505,14 @@ impl PodManager {
         let status = self.deps.runtime.status(&rec.id, &rec.bundle).await;
         let changed = apply_status(&mut rec, status);
         if changed {
+            if rec.reason == "OOMKilled" {
+                self.deps.metrics.oom_kills.inc();
+            }
             if let Err(e) = self.persist_container(&rec).await {
                 tracing::warn!(container_id = %rec.id, error = %e, "persisting the container state");
             }
             entry.set(rec.clone());
+            self.refresh_gauges();
         }
         rec
     }
@@ -579,6 +585,7 @@ impl PodManager {
         }
         self.cstore.delete(&rec.id)?;
         self.write_containers().remove(&rec.id);
+        self.refresh_gauges();
         let name = self
             .status(&rec.pod_id)
             .map(|p| rec.config.reserved_name(&p.config.metadata))

@@ -60,10 +60,10 @@ impl ContainerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerState {
-    Created,
-    Running,
-    Exited,
-    Unknown,
+    Created = 0,
+    Running = 1,
+    Exited = 2,
+    Unknown = 3,
 }
 
 /// What sluice knows and persists about one container.
