@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod container;
 mod error;
 mod image;
 mod observe;

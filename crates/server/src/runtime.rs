@@ -6,17 +6,25 @@ use std::sync::{Arc, RwLock};
 
 use cri_api::runtime::v1::runtime_service_server::RuntimeService;
 use cri_api::runtime::v1::{
-    CgroupDriver, LinuxRuntimeConfiguration, ListPodSandboxRequest, ListPodSandboxResponse,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest,
-    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, RuntimeCondition,
-    RuntimeConfigRequest, RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler,
-    RuntimeHandlerFeatures, RuntimeStatus, StatusRequest, StatusResponse, StopPodSandboxRequest,
-    StopPodSandboxResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
-    VersionRequest, VersionResponse,
+    CgroupDriver, ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest,
+    ContainerStatusResponse, CreateContainerRequest, CreateContainerResponse, ExecSyncRequest,
+    ExecSyncResponse, LinuxRuntimeConfiguration, ListContainerStatsRequest,
+    ListContainerStatsResponse, ListContainersRequest, ListContainersResponse,
+    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest,
+    ListPodSandboxStatsResponse, PodSandboxStatsRequest, PodSandboxStatsResponse,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, RemoveContainerRequest,
+    RemoveContainerResponse, RemovePodSandboxRequest, RemovePodSandboxResponse,
+    ReopenContainerLogRequest, ReopenContainerLogResponse, RunPodSandboxRequest,
+    RunPodSandboxResponse, RuntimeCondition, RuntimeConfigRequest, RuntimeConfigResponse,
+    RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StartContainerRequest,
+    StartContainerResponse, StatusRequest, StatusResponse, StopContainerRequest,
+    StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse,
+    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse, UpdateRuntimeConfigRequest,
+    UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
 
-use crate::{sandbox, validate};
+use crate::{container, sandbox, validate};
 
 /// The CRI API version sluice serves.
 pub const RUNTIME_API_VERSION: &str = "v1";
@@ -244,6 +252,208 @@ impl RuntimeService for RuntimeSvc {
             .map(sandbox::sandbox_item)
             .collect();
         Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        pod_id = %request.get_ref().pod_sandbox_id,
+        name = request.get_ref().config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.as_str()).unwrap_or_default(),
+    ))]
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let (pod_id, config) = container::container_config(request.into_inner())?;
+        let rec = self
+            .pods
+            .create_container(&pod_id, config)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(CreateContainerResponse {
+            container_id: rec.id,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = container::container_id(&request.get_ref().container_id)?;
+        self.pods
+            .start_container(id)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        container_id = %request.get_ref().container_id,
+        timeout = request.get_ref().timeout,
+    ))]
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let req = request.get_ref();
+        let id = container::container_id(&req.container_id)?;
+        let timeout = container::stop_timeout(req.timeout)?;
+        self.pods
+            .stop_container(id, timeout)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = container::container_id(&request.get_ref().container_id)?;
+        self.pods
+            .remove_container(id)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = container::filter(request.into_inner().filter)?;
+        let containers = self
+            .pods
+            .list_containers(&filter)
+            .await
+            .iter()
+            .map(container::container_item)
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let req = request.get_ref();
+        let id = container::container_id(&req.container_id)?;
+        let rec = self
+            .pods
+            .container_status(id)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(container::status_response(
+            &rec,
+            req.verbose,
+        )?))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let req = request.get_ref();
+        let resources = container::update_resources(req)?;
+        self.pods
+            .update_container_resources(&req.container_id, resources)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = container::container_id(&request.get_ref().container_id)?;
+        self.pods
+            .reopen_container_log(id)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        container_id = %request.get_ref().container_id,
+        timeout = request.get_ref().timeout,
+    ))]
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let (id, cmd, timeout) = container::exec_request(request.into_inner())?;
+        let result = self
+            .pods
+            .exec_sync(&id, cmd.clone(), timeout)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(container::exec_response(
+            result, &cmd, timeout,
+        )?))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = container::container_id(&request.get_ref().container_id)?;
+        let stats = self
+            .pods
+            .container_stats(id)
+            .await
+            .map_err(container::fail)?;
+        Ok(Response::new(ContainerStatsResponse {
+            stats: Some(container::container_stats(&stats)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let filter = container::stats_filter(request.into_inner().filter);
+        let stats = self
+            .pods
+            .list_container_stats(&filter)
+            .await
+            .iter()
+            .map(container::container_stats)
+            .collect();
+        Ok(Response::new(ListContainerStatsResponse { stats }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_id = %request.get_ref().pod_sandbox_id))]
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let id = sandbox::sandbox_id(&request.get_ref().pod_sandbox_id)?;
+        let stats = self.pods.pod_stats(id).await.map_err(container::fail)?;
+        // Attributes come from the pod record; a pod removed in between still gets its numbers.
+        let pod = self.pods.status(&stats.pod_id).ok();
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(container::pod_sandbox_stats(&stats, pod.as_ref())),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let filter = container::pod_stats_filter(request.into_inner().filter);
+        let stats = self.pods.list_pod_stats(&filter).await;
+        let pods = self.pods.list(&filter);
+        Ok(Response::new(ListPodSandboxStatsResponse {
+            stats: container::pod_sandbox_stats_list(&stats, &pods),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
