@@ -558,9 +558,24 @@ impl Runc {
             .await
             .map_err(|e| classify(id, e))
         {
-            Ok(_) | Err(RuntimeError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) | Err(RuntimeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
+        // conmon's records outside the bundle: the exit file and the attach-socket link.
+        for path in [self.cfg.exits_dir.join(id), self.cfg.attach_dir.join(id)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(RuntimeError::Io {
+                        op: "removing",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `runc state`; `None` when runc does not know the container.

@@ -261,11 +261,9 @@ impl PodManager {
 
         let overlay_dir = self.cfg.overlay_dir.join(&id);
         let bundle = self.cfg.bundles_dir.join(&id);
-        let overlay = oci::rootfs::Overlay::in_dir(
-            &overlay_dir,
-            image.layers.clone(),
-            config.readonly_rootfs,
-        );
+        // Mounted read-write even for a read-only rootfs: runc must create the mount points of
+        // the pod files and bind mounts first, then applies `root.readonly` itself.
+        let overlay = oci::rootfs::Overlay::in_dir(&overlay_dir, image.layers.clone(), false);
         let log_path = match &pod.config.log_directory {
             Some(dir) if !config.log_path.is_empty() => dir.join(&config.log_path),
             _ => bundle.join("container.log"),
@@ -481,6 +479,9 @@ impl PodManager {
                 format!("container {} is {:?}, not created", rec.id, rec.state),
             ));
         }
+        // Taken before the start: a process that exits at once must not look like it finished
+        // before it started.
+        let started_at = unix_nanos();
         self.deps
             .runtime
             .start(&rec.id)
@@ -488,7 +489,7 @@ impl PodManager {
             .await
             .map_err(runtime_err("starting the container"))?;
         rec.state = ContainerState::Running;
-        rec.started_at = unix_nanos();
+        rec.started_at = started_at;
         self.persist_container(&rec).await?;
         entry.set(rec);
         self.refresh_gauges();
