@@ -75,10 +75,12 @@ pub fn container_config(
         // container names never contain it, so a name that does is a client bug.
         return Err(invalid("config.metadata.name", "must not contain '_'"));
     }
-    let image = config
+    // The kubelet sends the resolved image id in `image` and what the user wrote in
+    // `user_specified_image`; status reports both back.
+    let (image, user_specified_image) = config
         .image
-        .map(|i| i.image)
-        .filter(|i| !i.is_empty())
+        .map(|i| (i.image, i.user_specified_image))
+        .filter(|(i, _)| !i.is_empty())
         .ok_or_else(|| invalid("config.image.image", "required"))?;
 
     if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
@@ -181,6 +183,7 @@ pub fn container_config(
             name: meta.name,
             attempt: meta.attempt,
             image,
+            user_specified_image,
             command: config.command,
             args: config.args,
             working_dir: config.working_dir,
@@ -714,6 +717,7 @@ fn metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
 fn image_spec(r: &ContainerRecord) -> cri::ImageSpec {
     cri::ImageSpec {
         image: r.config.image.clone(),
+        user_specified_image: r.config.user_specified_image.clone(),
         ..Default::default()
     }
 }

@@ -20,6 +20,10 @@ pub struct ContainerConfig {
     pub attempt: u32,
     /// The image as the client named it (reference, id or id prefix).
     pub image: String,
+    /// What the user wrote in the pod spec when the kubelet resolved it to an id (CRI
+    /// `ImageSpec.user_specified_image`); reported back in status.
+    #[serde(default)]
+    pub user_specified_image: String,
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub working_dir: String,
