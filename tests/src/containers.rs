@@ -241,7 +241,20 @@ impl World {
                 searches: vec!["e2e.svc.cluster.local".into()],
                 options: vec!["ndots:5".into()],
             }),
-            linux: Some(LinuxPodSandboxConfig::default()),
+            // What the kubelet sends for a pod without hostNetwork/hostPID/hostIPC and
+            // without shareProcessNamespace.
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..NamespaceOption::default()
+                    }),
+                    ..LinuxSandboxSecurityContext::default()
+                }),
+                ..LinuxPodSandboxConfig::default()
+            }),
             ..Default::default()
         }
     }
@@ -434,11 +447,23 @@ pub fn set_pod_pid_mode(p: &mut PodSandboxConfig, mode: NamespaceMode) {
         .pid = mode as i32;
 }
 
+/// CreateContainer. Like the kubelet, gives the container the pod's namespace options
+/// unless the config sets its own.
 pub async fn create(
     c: &mut Runtime,
     pod: &Pod,
-    config: ContainerConfig,
+    mut config: ContainerConfig,
 ) -> Result<String, tonic::Status> {
+    let pod_ns = pod
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let sc = security(&mut config);
+    if sc.namespace_options.is_none() {
+        sc.namespace_options = pod_ns;
+    }
     c.create_container(CreateContainerRequest {
         pod_sandbox_id: pod.id.clone(),
         config: Some(config),
