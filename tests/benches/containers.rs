@@ -42,8 +42,9 @@ async fn main() {
     let w = World::start().await;
     let mut c = w.rt().await;
     let pod = w.run_pod(w.pod_config("bench")).await;
-    // Exits at once on SIGTERM; `echo ready` tells the bench the trap is in place.
-    let script = "trap 'exit 0' TERM; echo ready; while true; do sleep 1; done";
+    // Exits at once on SIGTERM (a trapped signal interrupts `wait`, where a foreground
+    // `sleep` would delay the trap until it ends); `echo ready` says the trap is in place.
+    let script = "trap 'exit 0' TERM; echo ready; sleep 100000 & wait";
 
     // Warm-up: the first container pays for page-cache misses of runc, conmon and the layer.
     let warm = create(&mut c, &pod, shell("warm", &w.busybox, script))
