@@ -501,6 +501,32 @@ async fn pid_namespace_pod_is_shared_container_is_not() {
         out.iter().any(|l| l.starts_with("pid1=/bin/sh -c ps")),
         "CONTAINER mode: the container's own process is pid 1: {out:?}"
     );
+
+    // TARGET: a container joins another container's PID namespace (a debug container).
+    let mut c = w.rt().await;
+    let pod = w.run_pod(w.pod_config("pidtarget")).await;
+    let target = run(
+        &mut c,
+        &pod,
+        container("target", &w.busybox, &["sleep", &secs]),
+    )
+    .await;
+    let mut cfg = shell("debugger", &w.busybox, "ps");
+    security(&mut cfg).namespace_options = Some(cri_api::runtime::v1::NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Target as i32,
+        ipc: NamespaceMode::Pod as i32,
+        target_id: target.clone(),
+        ..Default::default()
+    });
+    let (s, lines) = run_to_exit(&mut c, &pod, cfg).await;
+    assert_eq!(s.exit_code, 0, "{lines:?}");
+    let out = stdout_of(&lines);
+    assert!(
+        out.iter()
+            .any(|l| l.ends_with(&shown) && l.split_whitespace().next() == Some("1")),
+        "TARGET mode: the target's process is visible as pid 1: {out:?}"
+    );
     w.remove_all_pods().await;
 }
 
@@ -528,6 +554,20 @@ async fn exec_sync_output_exit_code_and_timeout() {
     assert_eq!(r.stderr, b"err\n");
     assert_eq!(r.exit_code, 5);
     assert_eq!(exec_ok(&mut c, &id, &["cat", "/etc/marker"]).await, "plain");
+    // Verbose status: the host pid of the container's process and its OCI spec, in the
+    // shape `crictl inspect` reads.
+    let v: serde_json::Value =
+        serde_json::from_str(&status(&mut c, &id).await.info["info"]).unwrap();
+    let pid = i32::try_from(v["pid"].as_i64().unwrap()).unwrap();
+    assert_eq!(
+        fs::read(format!("/proc/{pid}/cmdline")).unwrap(),
+        b"sleep\x00100000\x00",
+        "info.pid is the container's process"
+    );
+    assert_eq!(
+        v["runtimeSpec"]["process"]["args"],
+        serde_json::json!(["sleep", "100000"])
+    );
     // No timeout (0) means none.
     let r = exec(&mut c, &id, &["echo", "no-timeout"], 0).await.unwrap();
     assert_eq!(
@@ -622,6 +662,31 @@ async fn stop_sends_sigterm_then_kills_after_the_timeout() {
 
     // Stopping again is a no-op.
     stop(&mut c, &trapper, 10).await;
+
+    // The image's StopSignal replaces SIGTERM.
+    let img = build_image_with(
+        &[busybox_rootfs("usr1")],
+        &ImageConfig {
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "trap 'echo got-usr1; exit 0' USR1; trap 'echo got-term' TERM; echo ready; \
+                 while true; do sleep 1; done"
+                    .into(),
+            ],
+            working_dir: "/".into(),
+            stop_signal: "SIGUSR1".into(),
+            ..ImageConfig::default()
+        },
+    );
+    let image = w.push_and_pull("usr1", &img).await;
+    let usr1 = run(&mut c, &pod, container("usr1", &image, &[])).await;
+    let log = pod.log_dir().join("usr1.log");
+    wait_log_line(&log, "ready").await;
+    stop(&mut c, &usr1, 30).await;
+    let s = status(&mut c, &usr1).await.status.unwrap();
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    assert_eq!(stdout_of(&read_log(&log)), ["ready", "got-usr1"]);
     w.remove_all_pods().await;
 }
 
@@ -885,6 +950,23 @@ async fn removing_a_pod_removes_its_containers_and_leaves_nothing() {
         .collect();
     assert!(!procs.is_empty());
 
+    c.stop_pod_sandbox(cri_api::runtime::v1::StopPodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await
+    .unwrap();
+    let s = status(&mut c, &running).await.status.unwrap();
+    assert_eq!(
+        s.state,
+        ContainerState::ContainerExited as i32,
+        "StopPodSandbox stops the pod's containers: {s:?}"
+    );
+    for p in &procs {
+        assert!(
+            sluice_e2e::containers::proc_state(*p).is_none_or(|st| st == 'Z'),
+            "container process {p} still runs after StopPodSandbox"
+        );
+    }
     w.remove_all_pods().await;
     assert!(list(&mut c, None).await.is_empty());
     for id in &ids {
