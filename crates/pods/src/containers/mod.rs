@@ -919,6 +919,10 @@ fn apply_status(
             if rec.started_at == 0 {
                 rec.started_at = rec.finished_at;
             }
+            // The exit record's time comes from a file mtime (a coarse, jiffy-granular clock);
+            // started_at from a fine clock read before `runc start`. Never report an end
+            // before the start.
+            rec.finished_at = rec.finished_at.max(rec.started_at);
             rec.reason = if oom_killed {
                 "OOMKilled".to_string()
             } else if code == 0 {
