@@ -471,7 +471,9 @@ impl PodManager {
     pub async fn start_container(&self, id: &str) -> Result<(), PodError> {
         let entry = self.must_find_container(id)?;
         let _op = entry.op.lock().await;
-        let mut rec = self.refresh(&entry).await;
+        // No runc state call: a created container's process waits in runc init until
+        // `runc start`, so the record's Created is current (and runc start refuses otherwise).
+        let mut rec = entry.get();
         if rec.state != ContainerState::Created {
             return Err(PodError::step(
                 "starting the container",
