@@ -87,6 +87,7 @@ bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
 	@$(MAKE) --no-print-directory install-debs PACKAGES="$(BENCH_PACKAGES)"
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench daemon
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench containers
+	SLUICE_BENCH_PID=pod SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods
 	for mode in plain metrics tracing; do \
 	  SLUICE_BENCH_MODE=$$mode SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods; \
 	done

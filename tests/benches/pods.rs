@@ -4,6 +4,10 @@
 //! and with all pods running, and where RunPodSandbox spends its time (the per-step timings
 //! the daemon logs for every pod). Root only.
 //!
+//! Pods are kubelet-style by default (a PID namespace per container, no pause process);
+//! `SLUICE_BENCH_PID=pod` makes them share one PID namespace (a `sluice pause` per pod), as
+//! critest's benchmark does.
+//!
 //! `SLUICE_BENCH_MODE` selects the telemetry: `plain` (default: no metrics endpoint, no
 //! tracing), `metrics` (`/metrics` served), `tracing` (OTLP export of every span at 100%
 //! sampling to an in-process receiver), to measure the overhead of each.
@@ -62,8 +66,18 @@ fn step_times(log: &str) -> HashMap<String, Vec<Duration>> {
     out
 }
 
-fn pod(i: usize) -> PodSandboxConfig {
+fn pod(i: usize, pid: i32) -> PodSandboxConfig {
     PodSandboxConfig {
+        linux: Some(cri_api::runtime::v1::LinuxPodSandboxConfig {
+            security_context: Some(cri_api::runtime::v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri_api::runtime::v1::NamespaceOption {
+                    pid,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         metadata: Some(PodSandboxMetadata {
             name: format!("bench-{i}"),
             uid: format!("uid-{i}"),
@@ -94,6 +108,18 @@ async fn main() {
         other => panic!("SLUICE_BENCH_MODE={other}: expected plain, metrics or tracing"),
     };
     println!("telemetry mode: {mode}");
+    let pid = match std::env::var("SLUICE_BENCH_PID").as_deref() {
+        Ok("pod") => cri_api::runtime::v1::NamespaceMode::Pod as i32,
+        _ => cri_api::runtime::v1::NamespaceMode::Container as i32,
+    };
+    println!(
+        "PID namespace: {}",
+        if pid == 0 {
+            "shared by the pod (sluice pause)"
+        } else {
+            "per container"
+        }
+    );
     let layout = Layout::new(&extra);
     let _net = BridgeNet::install(&layout, &[]);
     let d = Daemon::start_with(layout, &[]).await;
@@ -104,7 +130,7 @@ async fn main() {
     // Warm-up: the first CNI call pays for page-cache misses of the plugin binaries.
     let w = c
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod(usize::MAX)),
+            config: Some(pod(usize::MAX, pid)),
             runtime_handler: String::new(),
         })
         .await
@@ -121,7 +147,7 @@ async fn main() {
         let t = Instant::now();
         let id = c
             .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod(i)),
+                config: Some(pod(i, pid)),
                 runtime_handler: String::new(),
             })
             .await
