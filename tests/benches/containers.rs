@@ -9,28 +9,13 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+use sluice_e2e::bench::report;
 use std::time::{Duration, Instant};
 
 use cri_api::runtime::v1::{
     ContainerState, RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
 };
 use sluice_e2e::containers::{World, create, exec, shell, status};
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn report(name: &str, mut v: Vec<Duration>) {
-    v.sort();
-    println!(
-        "{name:<22} n={:<4} p50={:>9.2?} p90={:>9.2?} max={:>9.2?}",
-        v.len(),
-        pct(&v, 0.5),
-        pct(&v, 0.9),
-        v[v.len() - 1]
-    );
-}
 
 #[tokio::main]
 async fn main() {

@@ -4,35 +4,11 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+use sluice_e2e::bench::{report, rss_kib};
 use std::time::{Duration, Instant};
 
 use cri_api::runtime::v1::{StatusRequest, VersionRequest};
 use sluice_e2e::{Daemon, Layout};
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn report(name: &str, mut v: Vec<Duration>) {
-    v.sort();
-    println!(
-        "{name:<28} n={:<5} p50={:>9.3?} p90={:>9.3?} p99={:>9.3?}",
-        v.len(),
-        pct(&v, 0.5),
-        pct(&v, 0.9),
-        pct(&v, 0.99)
-    );
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 #[tokio::main]
 async fn main() {

@@ -14,6 +14,7 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+use sluice_e2e::bench::{report, rss_kib};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -23,31 +24,6 @@ use cri_api::runtime::v1::{
 };
 use sluice_e2e::net::BridgeNet;
 use sluice_e2e::{Daemon, Layout};
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn report(name: &str, mut v: Vec<Duration>) {
-    v.sort();
-    println!(
-        "{name:<22} n={:<4} p50={:>9.2?} p90={:>9.2?} max={:>9.2?}",
-        v.len(),
-        pct(&v, 0.5),
-        pct(&v, 0.9),
-        v[v.len() - 1]
-    );
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 /// The `<step>_us=<n>` fields of the daemon's "pod sandbox set up" log lines.
 fn step_times(log: &str) -> HashMap<String, Vec<Duration>> {

@@ -10,6 +10,7 @@
 
 #![allow(clippy::print_stderr)]
 
+pub mod bench;
 pub mod containers;
 pub mod net;
 pub mod otlp;

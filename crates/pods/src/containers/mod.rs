@@ -806,28 +806,17 @@ impl PodManager {
 
     /// Stops (kills) every container of a pod: StopPodSandbox forcibly terminates them.
     pub(crate) async fn stop_pod_containers(&self, pod_id: &str) -> Vec<String> {
-        let entries: Vec<Arc<CEntry>> = self
-            .read_containers()
-            .values()
-            .filter(|e| e.get().pod_id == pod_id)
-            .cloned()
-            .collect();
-        let mut errors = Vec::new();
-        for e in entries {
-            let _op = e.op.lock().await;
-            if let Err(err) = self.stop_locked(&e, Duration::ZERO).await {
-                errors.push(format!(
-                    "stopping container {}: {}",
-                    e.get().id,
-                    crate::error_chain(&err)
-                ));
-            }
-        }
-        errors
+        self.for_pod_containers(pod_id, PodContainerOp::Stop).await
     }
 
     /// Removes every container of a pod (RemovePodSandbox).
     pub(crate) async fn remove_pod_containers(&self, pod_id: &str) -> Vec<String> {
+        self.for_pod_containers(pod_id, PodContainerOp::Remove)
+            .await
+    }
+
+    /// Runs `op` on each container of the pod under its lock; collects every failure.
+    async fn for_pod_containers(&self, pod_id: &str, op: PodContainerOp) -> Vec<String> {
         let entries: Vec<Arc<CEntry>> = self
             .read_containers()
             .values()
@@ -837,9 +826,13 @@ impl PodManager {
         let mut errors = Vec::new();
         for e in entries {
             let _op = e.op.lock().await;
-            if let Err(err) = self.remove_locked(&e).await {
+            let (verb, result) = match op {
+                PodContainerOp::Stop => ("stopping", self.stop_locked(&e, Duration::ZERO).await),
+                PodContainerOp::Remove => ("removing", self.remove_locked(&e).await),
+            };
+            if let Err(err) = result {
                 errors.push(format!(
-                    "removing container {}: {}",
+                    "{verb} container {}: {}",
                     e.get().id,
                     crate::error_chain(&err)
                 ));
@@ -885,6 +878,12 @@ impl PodManager {
         }
         Ok(n)
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PodContainerOp {
+    Stop,
+    Remove,
 }
 
 fn libc_sigterm() -> i32 {
