@@ -16,7 +16,8 @@ CARGO ?= cargo
 #   prometheus .................. a real Prometheus scrapes sluice in tests; promtool checks
 #                                 the Grafana dashboard's queries
 #   runc, conmon ................ the OCI runtime and the container monitor
-DEB_PACKAGES := iproute2 util-linux procps nftables conntrack iptables containernetworking-plugins python3 ca-certificates docker-registry busybox-static attr prometheus runc conmon
+#   curl, openssl ............... the HTTPS /metrics test (a self-signed certificate, a client)
+DEB_PACKAGES := iproute2 util-linux procps nftables conntrack iptables containernetworking-plugins python3 ca-certificates docker-registry busybox-static attr prometheus runc conmon curl openssl
 # Only for `make bench`: the skopeo + umoci baseline of the image pull benchmark.
 BENCH_PACKAGES := skopeo umoci
 
