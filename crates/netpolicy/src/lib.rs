@@ -1,0 +1,41 @@
+//! Kubernetes NetworkPolicy (`networking.k8s.io/v1`) for the pods of one node: reading
+//! manifests, the policy semantics, a compiled form and `explain`.
+//!
+//! sluice enforces NetworkPolicy itself (issue 11) instead of leaving it to a CNI plugin, so
+//! a node running only the reference plugins still isolates its pods. This crate is the pure
+//! core of that: no kernel access, no async. It
+//! - loads a directory of NetworkPolicy and Namespace manifests (YAML multi-document or JSON),
+//!   reporting each invalid document with file, document index and field path and skipping it
+//!   while the others apply ([`load_dir`]);
+//! - implements the v1 semantics exactly: `podSelector` (empty = all pods of the policy's
+//!   namespace), peers by `podSelector`, `namespaceSelector` (namespaces always carry
+//!   `kubernetes.io/metadata.name`), both, or `ipBlock` with `except`; `matchLabels` and
+//!   `matchExpressions`; TCP/UDP/SCTP ports with `endPort`; `policyTypes` defaulting (Ingress
+//!   always, Egress when there are egress rules); union of all policies selecting a pod;
+//!   a flow needs the source's egress and the destination's ingress to allow it;
+//! - compiles a [`World`] (policies, namespace labels, pods, node addresses) into per-policy
+//!   pod sets, peer address sets and port lists ([`Compiled`]) — the shape the nftables
+//!   compiler turns into sets and verdict maps — and answers [`explain`] on that same form,
+//!   naming the policy and rule that decided.
+//!
+//! Deliberate limits, all from what CRI tells a runtime: named ports cannot be resolved (such
+//! a `ports` entry matches nothing and loading warns naming the policy); only this node's pods
+//! are known, so selectors cannot designate pods of other nodes. Traffic to or from the node
+//! (kubelet probes, host-network pods) is always allowed, as the Kubernetes documentation
+//! states and common implementations do.
+#![forbid(unsafe_code)]
+
+mod eval;
+mod model;
+mod parse;
+
+pub use eval::{
+    Compiled, CompiledPeer, CompiledPolicy, CompiledRule, Decision, Endpoint, ExplainError, Reason,
+    RuleRef, Verdict, World, explain, policy_selects, selects,
+};
+pub use model::{
+    Cidr, Direction, IpBlock, LabelSelector, Labels, NAMESPACE_NAME_LABEL, Namespace,
+    NetworkPolicy, Operator, Peer, Pod, PolicyPort, PolicyRef, PortMatch, Protocol, Requirement,
+    Rule, Source,
+};
+pub use parse::{Format, LoadError, Loaded, Problem, Severity, load_dir, load_str};
