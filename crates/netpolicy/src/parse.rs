@@ -155,16 +155,19 @@ pub fn load_str(loaded: &mut Loaded, file: &Path, format: Format, text: &str) {
         message,
         severity: Severity::Error,
     };
-    let documents: Vec<Result<Value, String>> = match format {
-        Format::Json => serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
-            .map(|r| r.map_err(|e| format!("invalid JSON: {e}")))
-            .collect(),
-        Format::Yaml => serde_yaml_ng::Deserializer::from_str(text)
-            .map(|doc| Value::deserialize(doc).map_err(|e| format!("invalid YAML: {e}")))
-            .collect(),
+    // Lazy: after a syntax error the streams may keep yielding errors, so we stop there.
+    let documents: Box<dyn Iterator<Item = Result<Value, String>> + '_> = match format {
+        Format::Json => Box::new(
+            serde_json::Deserializer::from_str(text)
+                .into_iter::<Value>()
+                .map(|r| r.map_err(|e| format!("invalid JSON: {e}"))),
+        ),
+        Format::Yaml => Box::new(
+            serde_yaml_ng::Deserializer::from_str(text)
+                .map(|doc| Value::deserialize(doc).map_err(|e| format!("invalid YAML: {e}"))),
+        ),
     };
-    for (index, document) in documents.into_iter().enumerate() {
+    for (index, document) in documents.enumerate() {
         let value = match document {
             Ok(Value::Null) => continue, // an empty document (`---` at the end)
             Ok(value) => value,
