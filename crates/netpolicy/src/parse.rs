@@ -337,10 +337,15 @@ fn parse_object(value: &Value, source: Source) -> Result<Object> {
     }
     match (api_version.as_str(), kind.as_str()) {
         ("networking.k8s.io/v1", "NetworkPolicy") => {
+            // kubectl's default namespace when absent or empty.
             let namespace = match field(meta, "namespace") {
                 Some(v) => string(v, "metadata.namespace")?,
-                // kubectl's default namespace.
-                None => "default".to_string(),
+                None => String::new(),
+            };
+            let namespace = if namespace.is_empty() {
+                "default".to_string()
+            } else {
+                namespace
             };
             let spec = field(map, "spec").unwrap_or(&Value::Null);
             let spec = if spec.is_null() {
@@ -391,10 +396,16 @@ fn parse_policy(
     };
     let ingress = rules(field(spec, "ingress"), "spec.ingress", "from")?;
     let egress = rules(field(spec, "egress"), "spec.egress", "to")?;
-    let (affects_ingress, affects_egress) = match field(spec, "policyTypes") {
-        Some(v) => {
+    // Defaulting applies when policyTypes is absent or empty (`len(PolicyTypes) == 0` in the
+    // API's defaulting), so `policyTypes: []` behaves like no policyTypes.
+    let types = match field(spec, "policyTypes") {
+        Some(v) => Some(array(v, "spec.policyTypes")?).filter(|t| !t.is_empty()),
+        None => None,
+    };
+    let (affects_ingress, affects_egress) = match types {
+        Some(types) => {
             let (mut ingress, mut egress) = (false, false);
-            for (i, t) in array(v, "spec.policyTypes")?.iter().enumerate() {
+            for (i, t) in types.iter().enumerate() {
                 let path = format!("spec.policyTypes[{i}]");
                 match string(t, &path)?.as_str() {
                     "Ingress" => ingress = true,

@@ -491,6 +491,14 @@ fn policy_types_defaulting() {
             true,
         ),
         (
+            "empty policyTypes defaults like absent",
+            "{policyTypes: [], egress: [{}]}",
+            true,
+            true,
+            false,
+            true,
+        ),
+        (
             "empty ingress list: deny",
             "{ingress: []}",
             true,
