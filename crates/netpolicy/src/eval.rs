@@ -178,6 +178,12 @@ impl Compiled {
             .map(|p| compile_policy(world, p))
             .collect();
         policies.sort_by(|a, b| a.policy.cmp(&b.policy));
+        tracing::debug!(
+            policies = policies.len(),
+            pods = world.pods.len(),
+            selected = policies.iter().map(|p| p.selected.len()).sum::<usize>(),
+            "compiled network policies"
+        );
         Self { policies }
     }
 

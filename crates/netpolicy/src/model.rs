@@ -334,6 +334,9 @@ impl NetworkPolicy {
     pub fn named_ports(&self) -> Vec<String> {
         let mut out = Vec::new();
         for direction in [Direction::Ingress, Direction::Egress] {
+            if !self.affects(direction) {
+                continue;
+            }
             for (i, rule) in self.rules(direction).iter().enumerate() {
                 for (j, port) in rule.ports.iter().flatten().enumerate() {
                     if let PortMatch::Named(name) = &port.port {

@@ -426,6 +426,20 @@ spec:
     assert_eq!(p.severity, Severity::Warning);
     assert_eq!(p.field, "spec.ingress[0].ports[1].port (\"http\")");
     assert!(p.message.contains("shop/named"), "{p}");
+
+    // Egress rules of an Ingress-only policy are ignored, so their named ports are too.
+    let loaded = load(
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ignored, namespace: shop}
+spec:
+  policyTypes: [Ingress]
+  egress:
+  - ports: [{port: dns}]
+",
+    );
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
 }
 
 /// (description, policy spec body, pod ingress isolated, pod egress isolated,
