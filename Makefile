@@ -97,6 +97,7 @@ bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
 	$(CARGO) bench -p hostport --bench hostport_scale
 	$(CARGO) bench -p images --bench pull
 	$(CARGO) bench -p oci --bench lifecycle
+	$(CARGO) bench -p netpolicy --bench compile_scale
 
 .PHONY: clean
 clean: ## Remove build output
