@@ -31,6 +31,23 @@ fn pod(name: &str) -> PodSandboxConfig {
     }
 }
 
+/// RunPodSandbox of a plain pod; its id.
+async fn runp(
+    c: &mut cri_api::runtime::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
+    name: &str,
+) -> String {
+    c.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(pod(name)),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
+}
+
 /// `GET path` over HTTP/1.0 on a TCP address or unix socket; returns the body.
 fn http_get(addr: &str, path: &str) -> String {
     let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
@@ -81,15 +98,7 @@ async fn metrics_endpoint_reports_cri_pod_cni_and_process_families() {
         .checkpoint_container(cri_api::runtime::v1::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
-    let id = c
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod("m")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let id = runp(&mut c, "m").await;
 
     let body = http_get(&addr, "/metrics");
     for needle in [
@@ -248,15 +257,7 @@ async fn a_real_prometheus_scrapes_sluice() {
     for _ in 0..3 {
         c.status(StatusRequest { verbose: false }).await.unwrap();
     }
-    let id = c
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod("p")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let id = runp(&mut c, "p").await;
 
     let prom = Prometheus::start(&addr);
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -417,15 +418,7 @@ async fn a_dead_collector_does_not_break_rpcs() {
     ))
     .await;
     let mut c = d.runtime().await;
-    let id = c
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod("nocollector")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let id = runp(&mut c, "nocollector").await;
     c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .unwrap();
@@ -526,15 +519,7 @@ async fn grafana_dashboard_queries_parse_and_use_only_exported_metrics() {
     let failing_conf = layout.cni_dir.join("00-failing.conflist");
     let d = Daemon::start_with(layout, &[]).await;
     let mut c = d.runtime().await;
-    let id = c
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod("dash")),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let id = runp(&mut c, "dash").await;
     c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .unwrap();

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,24 +51,26 @@ impl World {
     }
 
     fn manager(&self) -> PodManager {
+        self.manager_with(self.config(), |p| p.to_string_lossy().contains("sluice-"))
+    }
+
+    fn manager_with(&self, config: PodsConfig, namespace_alive: fn(&Path) -> bool) -> PodManager {
         PodManager::new(
-            self.config(),
+            config,
             Deps {
                 namespaces: self.ns.clone(),
                 network: self.net.clone(),
                 hostports: self.ports.clone(),
                 cgroups: self.cg.clone(),
-                namespace_alive: |p| p.to_string_lossy().contains("sluice-"),
+                namespace_alive,
                 metrics: pods::PodMetrics::default(),
                 runtime: self.rt.clone(),
                 images: self.images.clone(),
-                host: std::sync::Arc::new(
+                host: Arc::new(
                     oci::spec::Host::detect(oci::spec::Host::default_capability_names())
                         .expect("host"),
                 ),
-                hierarchies: std::sync::Arc::new(
-                    oci::stats::Hierarchies::discover().expect("cgroups"),
-                ),
+                hierarchies: Arc::new(oci::stats::Hierarchies::discover().expect("cgroups")),
             },
         )
         .unwrap()
@@ -380,27 +383,7 @@ async fn recovery_marks_pods_of_a_previous_boot_not_ready() {
     let manager = |w: &World| {
         let mut c = w.config();
         c.boot_id_path = boot.clone();
-        PodManager::new(
-            c,
-            Deps {
-                namespaces: w.ns.clone(),
-                network: w.net.clone(),
-                hostports: w.ports.clone(),
-                cgroups: w.cg.clone(),
-                namespace_alive: |_| true,
-                metrics: pods::PodMetrics::default(),
-                runtime: std::sync::Arc::new(oci::fake::FakeRuntime::new()),
-                images: std::sync::Arc::new(pods::fake::FakeImages::default()),
-                host: std::sync::Arc::new(
-                    oci::spec::Host::detect(oci::spec::Host::default_capability_names())
-                        .expect("host"),
-                ),
-                hierarchies: std::sync::Arc::new(
-                    oci::stats::Hierarchies::discover().expect("cgroups"),
-                ),
-            },
-        )
-        .unwrap()
+        w.manager_with(c, |_| true)
     };
     let id = manager(&w).run(sandbox("a")).await.unwrap().id;
     std::fs::write(&boot, "boot-2\n").unwrap();
