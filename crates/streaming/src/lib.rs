@@ -8,3 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod spdy;
+pub mod runtime;
+
+pub use runtime::{
+    AttachRequest, ExecRequest, PortForwardRequest, StreamError, StreamIo, StreamRuntime, TermSize,
+};
