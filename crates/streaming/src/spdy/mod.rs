@@ -51,3 +51,9 @@ pub fn fuzz_decode(data: &[u8]) {
 
 #[cfg(test)]
 mod tests;
+
+pub mod session;
+pub use session::{
+    Incoming, IncomingStream, OpenError, Role, SessionClosed, SessionConfig, SessionEnd,
+    SessionHandle, Stream, StreamReader, StreamWriter,
+};
