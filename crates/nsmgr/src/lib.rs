@@ -16,6 +16,9 @@
 //! is the real implementation, and `fake::FakeNamespaceManager` (feature
 //! `test-util`) an in-memory one for the tests of crates above.
 //!
+//! [`dial_tcp_in`] connects to a port on the loopback of a pod's network
+//! namespace (port-forward) from a socket created inside it.
+//!
 //! The trait is synchronous: a `create` takes about a millisecond and blocks
 //! on joining its namespace thread, so async callers run it in
 //! `tokio::task::spawn_blocking`. No call ever changes the namespaces of the
@@ -23,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+mod dial;
 mod error;
 mod loopback;
 mod pinned;
@@ -32,6 +36,7 @@ mod validate;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 
+pub use dial::{DialError, dial_tcp_in};
 pub use error::{
     CreateError, GcError, ListError, LoopbackError, PinFailure, PodIdError, ReleaseError,
     RequestError,

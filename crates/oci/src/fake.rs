@@ -1,6 +1,8 @@
 //! An in-memory [`ContainerRuntime`] for unit tests of the crates above (`pods`): containers
 //! move through created → running → exited as the calls say, tests decide exits and exec
-//! results, and any operation can be made to fail once.
+//! results, and any operation can be made to fail once. The only files it touches are the
+//! bundle's `config.json` (written at create, as runc's bundle has it). Interactive exec
+//! writes the exec result and echoes stdin; attach echoes stdin; both record resizes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +14,7 @@ use crate::runtime::{
     RuntimeError, StopOutcome,
 };
 use crate::spec::oci;
+use crate::stream::{ProcessIo, WindowSize};
 
 #[derive(Debug, Clone)]
 struct FakeContainer {
@@ -27,6 +30,7 @@ struct Inner {
     fail_next: HashMap<&'static str, String>,
     exec_result: Option<ExecOutcome>,
     calls: Vec<String>,
+    resizes: Vec<WindowSize>,
 }
 
 /// The fake runtime.
@@ -64,6 +68,11 @@ impl FakeRuntime {
     /// The result every later exec-sync returns (default: exit 0, stdout = args joined).
     pub fn set_exec_result(&self, result: ExecOutcome) {
         self.lock().exec_result = Some(result);
+    }
+
+    /// The terminal sizes interactive execs and attaches received, in order.
+    pub fn resizes(&self) -> Vec<WindowSize> {
+        self.lock().resizes.clone()
     }
 
     /// `op id` for every call so far.
@@ -107,6 +116,49 @@ impl FakeRuntime {
     }
 }
 
+fn must_run(g: &Inner, id: &str) -> Result<(), RuntimeError> {
+    match g.containers.get(id).map(|c| &c.status) {
+        Some(ContainerStatus::Running { .. }) => Ok(()),
+        Some(_) => Err(RuntimeError::NotRunning(id.to_string())),
+        None => Err(RuntimeError::NotFound(id.to_string())),
+    }
+}
+
+/// The fake's process: echoes stdin to stdout until EOF while recording resizes, then closes
+/// the outputs.
+async fn echo(fake: &FakeRuntime, io: ProcessIo) {
+    use tokio::io::AsyncWriteExt;
+    let ProcessIo {
+        stdin,
+        mut stdout,
+        stderr,
+        resize,
+        ..
+    } = io;
+    let copy = async {
+        if let (Some(mut from), Some(to)) = (stdin, stdout.as_mut()) {
+            let _ = tokio::io::copy(&mut from, to).await;
+        }
+    };
+    let resizes = async {
+        if let Some(mut rx) = resize {
+            while let Some(size) = rx.recv().await {
+                fake.lock().resizes.push(size);
+            }
+        }
+    };
+    // Resizes first: those already sent are recorded before a short copy ends the call.
+    tokio::select! {
+        biased;
+        () = async { resizes.await; std::future::pending::<()>().await } => {}
+        () = copy => {}
+    }
+    for w in [stdout, stderr].into_iter().flatten() {
+        let mut w = w;
+        let _ = w.shutdown().await;
+    }
+}
+
 fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
     Box::pin(std::future::ready(v))
 }
@@ -124,6 +176,19 @@ impl ContainerRuntime for FakeRuntime {
                     message: "container with given ID already exists".into(),
                 });
             }
+            // Like runc's bundle: pods reads the spec back for exec.
+            std::fs::create_dir_all(req.bundle)
+                .and_then(|()| {
+                    std::fs::write(
+                        req.bundle.join("config.json"),
+                        serde_json::to_vec(req.spec).unwrap_or_default(),
+                    )
+                })
+                .map_err(|source| RuntimeError::Io {
+                    op: "writing the spec into",
+                    path: req.bundle.to_path_buf(),
+                    source,
+                })?;
             g.next_pid += 1;
             let pid = 1000 + g.next_pid;
             g.containers.insert(
@@ -285,6 +350,56 @@ impl ContainerRuntime for FakeRuntime {
         ready(r)
     }
 
+    /// Writes the exec result's output (default: the args joined and a newline on stdout),
+    /// echoes stdin to stdout until EOF and returns the result's exit code.
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        _bundle: &'a Path,
+        process: &'a oci::Process,
+        mut io: ProcessIo,
+    ) -> BoxFuture<'a, Result<i32, RuntimeError>> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            let result = {
+                let g = self.enter("exec", id)?;
+                must_run(&g, id)?;
+                g.exec_result.clone().unwrap_or_else(|| ExecOutcome {
+                    stdout: format!("{}\n", process.args.join(" ")).into_bytes(),
+                    stderr: Vec::new(),
+                    exit_code: 0,
+                    timed_out: false,
+                })
+            };
+            if let Some(w) = io.stdout.as_mut() {
+                let _ = w.write_all(&result.stdout).await;
+            }
+            if let Some(w) = io.stderr.as_mut() {
+                let _ = w.write_all(&result.stderr).await;
+            }
+            echo(self, io).await;
+            Ok(result.exit_code)
+        })
+    }
+
+    /// Echoes stdin to stdout until EOF (the "container" exits when the client closes stdin).
+    fn attach<'a>(
+        &'a self,
+        id: &'a str,
+        _bundle: &'a Path,
+        io: ProcessIo,
+        _stdin_once: bool,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            {
+                let g = self.enter("attach", id)?;
+                must_run(&g, id)?;
+            }
+            echo(self, io).await;
+            Ok(())
+        })
+    }
+
     fn reopen_log<'a>(
         &'a self,
         id: &'a str,
@@ -310,9 +425,10 @@ mod tests {
     async fn lifecycle_through_the_trait_object() {
         let rt: std::sync::Arc<dyn ContainerRuntime> = std::sync::Arc::new(FakeRuntime::new());
         let spec = oci::Spec::default();
+        let dir = tempfile::tempdir().unwrap();
         let req = CreateRequest {
             id: "c1",
-            bundle: Path::new("/b"),
+            bundle: &dir.path().join("c1"),
             spec: &spec,
             log_path: Path::new("/l"),
             stdin: false,
@@ -355,13 +471,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn exec_and_attach_echo_stdin_and_record_resizes() {
+        use tokio::io::AsyncReadExt;
+        let f = FakeRuntime::new();
+        let spec = oci::Spec::default();
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("c");
+        let req = CreateRequest {
+            id: "c",
+            bundle: &bundle,
+            spec: &spec,
+            log_path: Path::new("/l"),
+            stdin: false,
+            stdin_once: false,
+        };
+        f.create(&req).await.unwrap();
+        assert!(bundle.join("config.json").exists());
+        let p = oci::Process {
+            args: vec!["sh".into()],
+            ..Default::default()
+        };
+        let io = || {
+            let (out_w, out_r) = tokio::io::duplex(1024);
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let io = ProcessIo {
+                tty: true,
+                stdin: Some(Box::new(&b"typed"[..]) as crate::stream::BoxRead),
+                stdout: Some(Box::new(out_w)),
+                stderr: None,
+                resize: Some(rx),
+            };
+            (io, out_r, tx)
+        };
+        let (i, _, _) = io();
+        assert!(matches!(
+            f.exec("c", &bundle, &p, i).await,
+            Err(RuntimeError::NotRunning(_))
+        ));
+        f.start("c").await.unwrap();
+        let (i, mut out, tx) = io();
+        tx.send(WindowSize {
+            width: 80,
+            height: 24,
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        assert_eq!(f.exec("c", &bundle, &p, i).await.unwrap(), 0);
+        let mut got = String::new();
+        out.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "sh\ntyped");
+        let (i, mut out, _tx) = io();
+        f.attach("c", &bundle, i, true).await.unwrap();
+        let mut got = String::new();
+        out.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "typed");
+        assert_eq!(
+            f.resizes(),
+            vec![WindowSize {
+                width: 80,
+                height: 24
+            }]
+        );
+    }
+
+    #[tokio::test]
     async fn injected_failure_and_exit() {
         let f = FakeRuntime::new();
         f.fail_next("start", "boom");
         let spec = oci::Spec::default();
+        let dir = tempfile::tempdir().unwrap();
         let req = CreateRequest {
             id: "c",
-            bundle: Path::new("/b"),
+            bundle: &dir.path().join("c"),
             spec: &spec,
             log_path: Path::new("/l"),
             stdin: false,

@@ -8,6 +8,8 @@
 //! - [`runtime`]: runc driven through conmon (Debian's 2.1.6), which owns the container's
 //!   stdio, writes the CRI log and exit records, and survives a daemon restart; exec-sync,
 //!   stop with timeout, reconciliation from the runtime directory.
+//! - [`stream`]: interactive exec (pipes or a terminal, resizes, cancellation) and attach
+//!   through conmon's attach socket, on the client's byte streams.
 //! - [`stats`]: CPU and memory usage from cgroupfs v1 or v2.
 //! - [`reaper`]: the daemon as child subreaper and how it reaps adopted monitors without
 //!   stealing tokio's children.
@@ -22,6 +24,7 @@ pub mod rootfs;
 pub mod runtime;
 pub mod spec;
 pub mod stats;
+pub mod stream;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
@@ -30,3 +33,4 @@ pub use runtime::{
     ContainerRuntime, ContainerStatus, CreateRequest, Created, ExecOutcome, Runc, RuntimeConfig,
     RuntimeError, StopOutcome,
 };
+pub use stream::{ProcessIo, WindowSize};

@@ -16,6 +16,7 @@
 //! then the exec'd process's parent and reaps it, stdout and stderr arrive on separate pipes,
 //! and a timeout kills the process's whole process group (runc makes it a session leader)
 //! before runc returns, so nothing is left behind and nothing is reparented to the daemon.
+//! **Exec** and **attach** with the client's streams are in [`crate::stream`].
 //! **Reopen log** writes message type 2 to conmon's `ctl` FIFO; conmon closes and reopens the
 //! log path (what the kubelet's log rotation needs).
 
@@ -28,6 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use crate::cmd::{self, CmdError};
 use crate::spec::oci;
+use crate::stream::ProcessIo;
 
 /// Where the tools are and where their state goes.
 #[derive(Debug, Clone)]
@@ -125,7 +127,7 @@ pub enum RuntimeError {
     },
 }
 
-fn io_err<'a>(
+pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
@@ -272,7 +274,7 @@ pub fn read_exit(bundle: &Path) -> Result<Option<(i32, SystemTime, bool)>, Runti
     Ok(Some((code, finished, f.oom.exists())))
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
+pub(crate) fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
@@ -297,7 +299,7 @@ impl Runc {
         &self.cfg
     }
 
-    fn runc_args(&self, args: &[&str]) -> Vec<OsString> {
+    pub(crate) fn runc_args(&self, args: &[&str]) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec!["--root".into(), self.cfg.runc_root.clone().into()];
         v.extend(args.iter().map(OsString::from));
         v
@@ -733,6 +735,10 @@ impl Runc {
     ) -> Result<(), RuntimeError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        // An exited container's conmon may still hold the FIFO for a moment.
+        if read_exit(bundle)?.is_some() {
+            return Err(RuntimeError::NotRunning(id.to_string()));
+        }
         let ctl = BundleFiles::new(bundle).ctl;
         // Non-blocking: with no reader (conmon gone) open fails with ENXIO instead of hanging.
         let mut f = match std::fs::OpenOptions::new()
@@ -811,7 +817,8 @@ impl Runc {
     }
 }
 
-struct RemoveOnDrop(Vec<PathBuf>);
+/// Removes the files when dropped (best effort).
+pub(crate) struct RemoveOnDrop(pub(crate) Vec<PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -864,7 +871,7 @@ async fn wait_exit(bundle: &Path, within: Duration) -> Result<Option<i32>, Runti
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()
@@ -939,6 +946,26 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
         bundle: &'a Path,
         log_path: &'a Path,
     ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Runs `process` in the container with the client's streams as its stdio (a terminal
+    /// when `io.tty`) and returns its exit code (128+signal when killed) once it exited and
+    /// its output was written. Dropping the future kills the process (and only it).
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        process: &'a oci::Process,
+        io: ProcessIo,
+    ) -> BoxFuture<'a, Result<i32, RuntimeError>>;
+    /// Connects the client's streams to the container's main process until it exits.
+    /// Dropping the future only disconnects. With `stdin_once`, the client's stdin EOF closes
+    /// the container's stdin.
+    fn attach<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        io: ProcessIo,
+        stdin_once: bool,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
 }
 
 impl ContainerRuntime for Runc {
@@ -1001,5 +1028,23 @@ impl ContainerRuntime for Runc {
         log_path: &'a Path,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(Runc::reopen_log(self, id, bundle, log_path))
+    }
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        process: &'a oci::Process,
+        io: ProcessIo,
+    ) -> BoxFuture<'a, Result<i32, RuntimeError>> {
+        Box::pin(Runc::exec_interactive(self, id, bundle, process, io))
+    }
+    fn attach<'a>(
+        &'a self,
+        id: &'a str,
+        bundle: &'a Path,
+        io: ProcessIo,
+        stdin_once: bool,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(Runc::attach(self, id, bundle, io, stdin_once))
     }
 }

@@ -24,6 +24,7 @@ pub mod files;
 mod metrics;
 pub mod net;
 pub mod store;
+mod streams;
 pub mod types;
 
 #[cfg(any(test, feature = "test-util"))]

@@ -689,6 +689,37 @@ impl PodManager {
         })
     }
 
+    /// The container with this id (or unique prefix), which must be running, and the OCI spec
+    /// it was created with (for exec and attach). `step` names the operation in errors.
+    pub(crate) async fn running_container(
+        &self,
+        id: &str,
+        step: &'static str,
+    ) -> Result<(ContainerRecord, oci::spec::oci::Spec), PodError> {
+        let entry = self.must_find_container(id)?;
+        let rec = self.refresh(&entry).await;
+        if rec.state != ContainerState::Running {
+            return Err(PodError::step(
+                step,
+                ErrorKind::FailedPrecondition,
+                format!("container {} is not running", rec.id),
+            ));
+        }
+        let spec_path = rec.bundle.join("config.json");
+        let spec = tokio::fs::read(&spec_path)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                PodError::step(
+                    "reading the container spec",
+                    ErrorKind::Internal,
+                    format!("{}: {e}", spec_path.display()),
+                )
+            })?;
+        Ok((rec, spec))
+    }
+
     /// ReopenContainerLog.
     pub async fn reopen_container_log(&self, id: &str) -> Result<(), PodError> {
         let entry = self.must_find_container(id)?;
