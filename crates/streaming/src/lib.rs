@@ -7,9 +7,19 @@
 //! encoder. The codec is checked against captures of real crictl/CRI-O sessions.
 #![forbid(unsafe_code)]
 
-pub mod spdy;
 pub mod runtime;
+pub mod spdy;
 
 pub use runtime::{
     AttachRequest, ExecRequest, PortForwardRequest, StreamError, StreamIo, StreamRuntime, TermSize,
 };
+pub mod portforward;
+pub mod remotecommand;
+pub mod server;
+pub mod status;
+pub mod token;
+pub mod ws;
+
+pub use server::{ServerConfig, ServerError, StreamServer};
+#[cfg(any(test, feature = "client"))]
+pub mod client;

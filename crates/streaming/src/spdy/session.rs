@@ -689,8 +689,8 @@ impl Driver {
 
     fn peer_parity(&self, id: u32) -> bool {
         match self.role {
-            Role::Server => id % 2 == 1,
-            Role::Client => id % 2 == 0,
+            Role::Server => !id.is_multiple_of(2),
+            Role::Client => id.is_multiple_of(2),
         }
     }
 
@@ -780,13 +780,8 @@ impl Driver {
             }
             sh.last_remote_id = id;
             sh.last_activity = Instant::now();
-            if sh.goaway_sent || self.incoming.is_none() {
-                Some(RstStatus::RefusedStream)
-            } else if sh.streams.len() >= self.cfg.max_streams {
-                Some(RstStatus::RefusedStream)
-            } else {
-                None
-            }
+            let full = sh.streams.len() >= self.cfg.max_streams;
+            (sh.goaway_sent || self.incoming.is_none() || full).then_some(RstStatus::RefusedStream)
         };
         if let Some(status) = refuse {
             return self

@@ -155,7 +155,10 @@ async fn malformed_frame_gets_goaway_protocol_error_and_close() {
 async fn reset_by_peer_fails_writes_and_reads() {
     let ((client, _cin), (_server, mut sin)) = pair();
     let opener = tokio::spawn(async move {
-        let s = client.open(headers(&[("streamtype", "data")])).await.unwrap();
+        let s = client
+            .open(headers(&[("streamtype", "data")]))
+            .await
+            .unwrap();
         let id = s.id();
         (client, s, id)
     });
