@@ -88,6 +88,7 @@ bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
 	@$(MAKE) --no-print-directory install-debs PACKAGES="$(BENCH_PACKAGES)"
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench daemon
 	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench containers
+	SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench streaming
 	SLUICE_BENCH_PID=pod SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods
 	for mode in plain metrics tracing; do \
 	  SLUICE_BENCH_MODE=$$mode SLUICE_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p sluice-e2e --bench pods; \
@@ -98,6 +99,30 @@ bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
 	$(CARGO) bench -p images --bench pull
 	$(CARGO) bench -p oci --bench lifecycle
 	$(CARGO) bench -p netpolicy --bench compile_scale
+
+# `make fuzz`: cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP=1 lets stable rustc take the
+# -Z flags libfuzzer needs). FUZZ_TARGET is spdy_frames (the frame decoder) or spdy_session (a
+# server-role session fed arbitrary bytes); the seeds are the SPDY part of the captures.
+FUZZ_DIR := crates/streaming/fuzz
+FUZZ_TARGET ?= spdy_frames
+FUZZ_TIME ?= 60
+SPDY_VECTORS ?= $(or $(SLUICE_SPDY_VECTORS),$(CURDIR)/../shared/spdy-vectors)
+
+.PHONY: fuzz
+fuzz: ## Fuzz the SPDY decoder for FUZZ_TIME seconds (default 60; FUZZ_TARGET=spdy_session for the session)
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	@mkdir -p $(FUZZ_DIR)/corpus/$(FUZZ_TARGET)
+	@if [ -d "$(SPDY_VECTORS)" ]; then \
+	  python3 -c 'import pathlib, sys; \
+	  out = pathlib.Path(sys.argv[2]); prefix = b"\x03" if sys.argv[3] == "spdy_frames" else b"\x07"; \
+	  [ (out / f"seed-{d.name}-{n[0]}").write_bytes(prefix + b[b.index(b"\r\n\r\n") + 4:][:4096]) \
+	    for d in sorted(pathlib.Path(sys.argv[1]).iterdir()) \
+	    for n in (("c2s", "client-to-server.bin"), ("s2c", "server-to-client.bin")) \
+	    if (d / n[1]).is_file() for b in [(d / n[1]).read_bytes()] ]' \
+	    "$(SPDY_VECTORS)" "$(FUZZ_DIR)/corpus/$(FUZZ_TARGET)" "$(FUZZ_TARGET)"; \
+	  echo "seeds: the SPDY captures in $(SPDY_VECTORS)"; \
+	else echo "warning: no SPDY captures at $(SPDY_VECTORS) (set SLUICE_SPDY_VECTORS); fuzzing without seeds"; fi
+	cd $(FUZZ_DIR) && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(FUZZ_TARGET) -- -max_total_time=$(FUZZ_TIME)
 
 .PHONY: clean
 clean: ## Remove build output
