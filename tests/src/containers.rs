@@ -39,7 +39,7 @@ pub type Images = ImageServiceClient<Channel>;
 pub const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "env", "grep", "head", "hostname", "httpd", "id", "kill", "ls", "mkdir",
     "nc", "printf", "ps", "pwd", "rm", "sleep", "stat", "tail", "touch", "tr", "true", "false",
-    "unshare", "wget", "dd", "wc", "mount",
+    "unshare", "wget", "dd", "wc", "mount", "stty", "seq",
 ];
 
 /// `/etc/passwd` of the test image: root, `app` (1000:1000, home /home/app).

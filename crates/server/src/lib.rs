@@ -14,6 +14,7 @@ mod image;
 mod observe;
 mod runtime;
 mod sandbox;
+mod stream;
 mod validate;
 
 pub use image::ImageSvc;

@@ -89,6 +89,9 @@ pub struct RuntimeSvc {
     /// Pod CIDRs the kubelet pushed with `UpdateRuntimeConfig` (informational: CNI IPAM config
     /// decides pod addresses; sluice reports them in verbose `Status`).
     pod_cidrs: Arc<RwLock<Vec<String>>>,
+    /// The streaming server for Exec, Attach and PortForward; without one those RPCs answer
+    /// `Unavailable`.
+    streams: Option<Arc<streaming::StreamServer>>,
 }
 
 impl std::fmt::Debug for RuntimeSvc {
@@ -110,7 +113,21 @@ impl RuntimeSvc {
             network,
             pods,
             pod_cidrs: Arc::default(),
+            streams: None,
         }
+    }
+
+    /// Serves Exec, Attach and PortForward through `streams`.
+    #[must_use]
+    pub fn with_streaming(mut self, streams: Arc<streaming::StreamServer>) -> Self {
+        self.streams = Some(streams);
+        self
+    }
+
+    fn streams(&self) -> Result<&streaming::StreamServer, Status> {
+        self.streams
+            .as_deref()
+            .ok_or_else(|| Status::unavailable("this sluice runs without a streaming server"))
     }
 
     fn pod_cidrs(&self) -> Vec<String> {
@@ -395,6 +412,33 @@ impl RuntimeService for RuntimeSvc {
         Ok(Response::new(container::exec_response(
             result, &cmd, timeout,
         )?))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn exec(
+        &self,
+        request: Request<cri_api::runtime::v1::ExecRequest>,
+    ) -> Result<Response<cri_api::runtime::v1::ExecResponse>, Status> {
+        let resp = crate::stream::exec(self.streams()?, &self.pods, request.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]
+    async fn attach(
+        &self,
+        request: Request<cri_api::runtime::v1::AttachRequest>,
+    ) -> Result<Response<cri_api::runtime::v1::AttachResponse>, Status> {
+        let resp = crate::stream::attach(self.streams()?, &self.pods, request.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all, fields(pod_sandbox_id = %request.get_ref().pod_sandbox_id))]
+    async fn port_forward(
+        &self,
+        request: Request<cri_api::runtime::v1::PortForwardRequest>,
+    ) -> Result<Response<cri_api::runtime::v1::PortForwardResponse>, Status> {
+        let resp = crate::stream::port_forward(self.streams()?, &self.pods, request.into_inner())?;
+        Ok(Response::new(resp))
     }
 
     #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id))]

@@ -40,6 +40,12 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: PathBuf,
     pub shutdown_timeout: Dur,
+    /// Streaming server (Exec, Attach, PortForward URLs).
+    pub stream_address: String,
+    pub stream_port: u16,
+    pub stream_idle_timeout: Dur,
+    pub stream_tls_cert: String,
+    pub stream_tls_key: String,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +53,11 @@ impl Default for ServerConfig {
         Self {
             listen: PathBuf::from("/run/sluice/sluice.sock"),
             shutdown_timeout: Dur(Duration::from_secs(10)),
+            stream_address: "127.0.0.1".to_string(),
+            stream_port: 0,
+            stream_idle_timeout: Dur(Duration::from_secs(4 * 3600)),
+            stream_tls_cert: String::new(),
+            stream_tls_key: String::new(),
         }
     }
 }
@@ -651,6 +662,36 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
             ),
         ));
     }
+    let sv = &config.server;
+    if sv.stream_address.parse::<std::net::IpAddr>().is_err() {
+        return Err(invalid(
+            "server.stream_address",
+            format!("{:?} is not an IP address", sv.stream_address),
+        ));
+    }
+    if sv.stream_idle_timeout.0.is_zero() {
+        return Err(invalid(
+            "server.stream_idle_timeout",
+            "must be longer than 0s".to_string(),
+        ));
+    }
+    match (sv.stream_tls_cert.is_empty(), sv.stream_tls_key.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            for (key, path) in [
+                ("server.stream_tls_cert", &sv.stream_tls_cert),
+                ("server.stream_tls_key", &sv.stream_tls_key),
+            ] {
+                absolute(key, Path::new(path))?;
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "server.stream_tls_cert",
+                "set both server.stream_tls_cert and server.stream_tls_key, or neither".to_string(),
+            ));
+        }
+    }
     let m = &config.metrics;
     match (m.tls_cert.is_empty(), m.tls_key.is_empty()) {
         (true, true) => {}
@@ -804,6 +845,20 @@ pub fn render_default() -> String {
 listen = {listen}
 # How long a SIGTERM/SIGINT shutdown waits for in-flight CRI calls before exiting anyway.
 shutdown_timeout = "{shutdown}"
+# Streaming server for Exec, Attach and PortForward: the CRI calls return one-time URLs
+# (valid 30 s, single use) on this address, which clients (kubelet, crictl exec/attach/
+# port-forward) upgrade to SPDY/3.1 or WebSocket. Keep it on loopback unless something off
+# the node must connect; "0.0.0.0" listens everywhere but URLs then name 127.0.0.1.
+stream_address = "{stream_address}"
+# TCP port; 0 picks a free port at every start.
+stream_port = {stream_port}
+# A session with no new stream and no data either way for this long is closed (its exec'd
+# process is killed; an attached container keeps running).
+stream_idle_timeout = "{stream_idle}"
+# PEM certificate chain: serve the streaming URLs over HTTPS. Needs stream_tls_key too.
+stream_tls_cert = "{stream_tls_cert}"
+# PEM private key matching stream_tls_cert.
+stream_tls_key = "{stream_tls_key}"
 
 [storage]
 # Persistent state: image store and pod/container metadata. Flag: --root.
@@ -893,6 +948,11 @@ sampling_rate_per_million = {sampling}
 "#,
         listen = q(&d.server.listen),
         shutdown = d.server.shutdown_timeout,
+        stream_address = d.server.stream_address,
+        stream_port = d.server.stream_port,
+        stream_idle = d.server.stream_idle_timeout,
+        stream_tls_cert = d.server.stream_tls_cert,
+        stream_tls_key = d.server.stream_tls_key,
         root = q(&d.storage.root),
         runroot = q(&d.storage.runroot),
         level = d.log.level,

@@ -206,7 +206,13 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     for w in &report.warnings {
         tracing::warn!(warning = %w, "pod state recovery");
     }
-    let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))), pods);
+    let streams = Arc::new(
+        streaming::StreamServer::start(stream_config(&config)?, pods.clone())
+            .await
+            .context("starting the streaming server")?,
+    );
+    let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))), pods)
+        .with_streaming(Arc::clone(&streams));
     let images = server::ImageSvc::new(images);
 
     let (fired_tx, mut fired_rx) = watch::channel(false);
@@ -282,6 +288,7 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
             tracing::warn!(%timeout, "in-flight calls did not finish in time; exiting anyway");
         }
     }
+    streams.shutdown();
     if let Some(task) = metrics_task {
         match tokio::time::timeout(std::time::Duration::from_secs(2), task).await {
             Ok(Ok(Ok(()))) => {}
@@ -291,6 +298,26 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// The streaming settings of `[server]`.
+fn stream_config(config: &Config) -> anyhow::Result<streaming::ServerConfig> {
+    let s = &config.server;
+    Ok(streaming::ServerConfig {
+        address: s
+            .stream_address
+            .parse()
+            .context("server.stream_address was validated at load")?,
+        port: s.stream_port,
+        tls: (!s.stream_tls_cert.is_empty()).then(|| {
+            (
+                s.stream_tls_cert.clone().into(),
+                s.stream_tls_key.clone().into(),
+            )
+        }),
+        idle_timeout: s.stream_idle_timeout.0,
+        ..streaming::ServerConfig::default()
+    })
 }
 
 /// The `[network]` section as the CNI manager's settings; results are cached under the
