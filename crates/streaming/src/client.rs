@@ -45,11 +45,12 @@ pub struct Url {
 }
 
 impl Url {
-    /// Parses `http://host:port/path` (https is not supported by this client).
+    /// Parses `http://host:port/path` or `https://...` (the caller brings the TLS).
     pub fn parse(url: &str) -> Result<Self, ClientError> {
         let rest = url
             .strip_prefix("http://")
-            .ok_or_else(|| ClientError::Url(format!("{url:?}: only http:// URLs are supported")))?;
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| ClientError::Url(format!("{url:?}: not an http(s) URL")))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -84,10 +85,13 @@ impl ResponseHead {
 /// Sends `request` (a complete HTTP/1.1 head) and reads the response head byte by byte, so
 /// nothing after it is consumed. Returns the head and, for non-101 answers, the body read
 /// until the server closes (bounded).
-pub async fn http_exchange(
-    tcp: &mut TcpStream,
+pub async fn http_exchange<S>(
+    tcp: &mut S,
     request: &str,
-) -> Result<(ResponseHead, String), ClientError> {
+) -> Result<(ResponseHead, String), ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     tcp.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -150,15 +154,7 @@ pub async fn connect_spdy(
                 source,
             })?;
     tcp.set_nodelay(true)?;
-    let mut req = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice-test\r\nContent-Length: 0\r\n\
-         Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
-        url.path, url.authority
-    );
-    for p in protocols {
-        req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
-    }
-    req.push_str("\r\n");
+    let req = spdy_upgrade_request(&url, protocols);
     let (head, body) = http_exchange(&mut tcp, &req).await?;
     if head.status != 101 {
         return Err(ClientError::Http {
@@ -172,6 +168,20 @@ pub async fn connect_spdy(
         .to_string();
     let (handle, incoming) = spdy::session::spawn(tcp, Role::Client, SessionConfig::default());
     Ok((handle, incoming, protocol))
+}
+
+/// The HTTP/1.1 request crictl sends to upgrade a streaming URL to SPDY/3.1.
+pub fn spdy_upgrade_request(url: &Url, protocols: &[&str]) -> String {
+    let mut req = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sluice-test\r\nContent-Length: 0\r\n\
+         Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
+        url.path, url.authority
+    );
+    for p in protocols {
+        req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
 }
 
 /// What an exec or attach produced.

@@ -13,6 +13,7 @@ pub mod spdy;
 pub use runtime::{
     AttachRequest, ExecRequest, PortForwardRequest, StreamError, StreamIo, StreamRuntime, TermSize,
 };
+pub mod idle;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;

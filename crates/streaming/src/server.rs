@@ -538,9 +538,19 @@ fn upgrade_websocket(
             }
         };
         let stop = state.stop.clone();
+        // WebSocket sessions have no idle timer of their own: watch the bytes instead.
+        let activity = crate::idle::Activity::new();
+        let idle = state.session.idle_timeout;
+        let io = crate::idle::IdleIo::new(io, activity.clone());
         tokio::select! {
             () = run_websocket(io, negotiated, pending, query_ports, state) => {}
             () = stop.cancelled() => {}
+            () = async {
+                match idle {
+                    Some(idle) => activity.idle_for(idle).await,
+                    None => std::future::pending().await,
+                }
+            } => tracing::info!("closing an idle WebSocket streaming session"),
         }
     });
     let mut resp = Response::new(Full::new(Bytes::new()));

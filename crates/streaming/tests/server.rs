@@ -780,6 +780,50 @@ async fn websocket_client_disconnect_drops_the_exec() {
         .expect("the drop guard reports");
 }
 
+/// A session where nothing moves for the idle timeout is closed and its exec killed, over
+/// both transports (SPDY pings do not count as activity; WebSocket has no timer of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_closed_and_their_exec_dropped() {
+    let cfg = ServerConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let (server, fake) = start_with(cfg).await;
+    for transport in ["spdy", "websocket"] {
+        let (dropped_tx, dropped_rx) = oneshot::channel();
+        *fake.dropped.lock().unwrap() = Some(dropped_tx);
+        let url = server
+            .exec_url(exec(&["block"], false, true, false))
+            .unwrap();
+        let keep = if transport == "spdy" {
+            let (handle, _incoming, _) = client::connect_spdy(&url, client::CRICTL_PROTOCOLS)
+                .await
+                .unwrap();
+            let session = handle.clone();
+            let run = tokio::spawn(async move {
+                client::run_remote_command(
+                    &session,
+                    SessionOptions {
+                        stdout: true,
+                        stderr: true,
+                        ..SessionOptions::default()
+                    },
+                )
+                .await
+            });
+            Box::new((handle, run)) as Box<dyn std::any::Any + Send>
+        } else {
+            let (ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+            Box::new(ws) as Box<dyn std::any::Any + Send>
+        };
+        within("the exec to start", fake.started.notified()).await;
+        within("the idle session to be closed", dropped_rx)
+            .await
+            .unwrap_or_else(|_| panic!("{transport}: the drop guard reports"));
+        drop(keep);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_channel_port_forward_with_port_query() {
     let (server, fake) = start().await;
