@@ -57,19 +57,36 @@ impl World {
     /// Host-network pods are never matched by selectors: their traffic carries the node's
     /// address, which is node traffic.
     pub fn peer_matches_pod(&self, policy_namespace: &str, peer: &Peer, pod: &Pod) -> bool {
-        if pod.host_network {
-            return false;
+        peer_matches_pod(
+            policy_namespace,
+            peer,
+            pod,
+            &self.namespace_labels(&pod.namespace),
+        )
+    }
+}
+
+/// [`World::peer_matches_pod`] with the pod's namespace labels (from
+/// [`World::namespace_labels`]) computed once by the caller, for checking one pod against
+/// many policies.
+pub fn peer_matches_pod(
+    policy_namespace: &str,
+    peer: &Peer,
+    pod: &Pod,
+    namespace_labels: &Labels,
+) -> bool {
+    if pod.host_network {
+        return false;
+    }
+    match peer {
+        Peer::Pods { namespaces, pods } => {
+            let namespace_ok = match namespaces {
+                None => pod.namespace == policy_namespace,
+                Some(sel) => sel.matches(namespace_labels),
+            };
+            namespace_ok && pods.matches(&pod.labels)
         }
-        match peer {
-            Peer::Pods { namespaces, pods } => {
-                let namespace_ok = match namespaces {
-                    None => pod.namespace == policy_namespace,
-                    Some(sel) => sel.matches(&self.namespace_labels(&pod.namespace)),
-                };
-                namespace_ok && pods.matches(&pod.labels)
-            }
-            Peer::IpBlock(_) => false,
-        }
+        Peer::IpBlock(_) => false,
     }
 }
 
@@ -117,6 +134,12 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// Compiles one policy against the pods of `world` (what [`Compiled::new`] does for
+    /// each policy; the enforcer uses it to recompile only the policies a change touches).
+    pub fn new(world: &World, policy: &NetworkPolicy) -> Self {
+        compile_policy(world, policy)
+    }
+
     pub fn rules(&self, direction: Direction) -> Option<&[CompiledRule]> {
         match direction {
             Direction::Ingress => self.ingress.as_deref(),
