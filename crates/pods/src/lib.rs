@@ -23,6 +23,7 @@ pub mod containers;
 pub mod files;
 mod metrics;
 pub mod net;
+pub mod policy;
 pub mod store;
 mod streams;
 pub mod types;
@@ -48,6 +49,7 @@ pub use containers::{
 };
 pub use metrics::PodMetrics;
 pub use net::{Attached, CniNetworking, NetAttach, PodNetworking, Readiness};
+pub use policy::{PolicyHook, policy_pod};
 pub use store::{Store, StoreError};
 pub use types::{
     DnsConfig, NsMode, PodFilter, PodMetadata, PodNetworkState, PodRecord, PodState, PortMapping,
@@ -273,6 +275,8 @@ pub struct PodManager {
     /// Reserved container name → container id.
     container_names: Mutex<HashMap<String, String>>,
     cstore: Store<ContainerRecord>,
+    /// Network policy, when enabled.
+    policy: policy::PolicySlot,
 }
 
 impl std::fmt::Debug for PodManager {
@@ -315,6 +319,7 @@ impl PodManager {
             containers: RwLock::default(),
             container_names: Mutex::default(),
             cstore,
+            policy: policy::PolicySlot::default(),
         })
     }
 
@@ -334,6 +339,23 @@ impl PodManager {
         self.names
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Enforces network policy for pods from now on (set once, before serving).
+    pub fn set_policy(&self, hook: Arc<dyn PolicyHook>) {
+        if !self.policy.set(hook) {
+            tracing::warn!("network policy hook set twice; keeping the first");
+        }
+    }
+
+    /// The policy identities of the Ready pods that are subject to policy (not host-network),
+    /// keyed by pod sandbox id: what the enforcer rebuilds its tables from at start.
+    pub fn policy_pods(&self) -> Vec<(String, netpolicy::Pod)> {
+        self.list(&PodFilter::default())
+            .into_iter()
+            .filter(|r| r.state == PodState::Ready && !r.config.host_network())
+            .map(|r| (r.id.clone(), policy::policy_pod(&r)))
+            .collect()
     }
 
     // ---- lookups -------------------------------------------------------------------------
@@ -490,6 +512,7 @@ impl PodManager {
             uts_ns: None,
             network: None,
             hostports: false,
+            policy: false,
             cgroup: None,
             files_dir: None,
             pause_pid_ns: None,
@@ -660,7 +683,19 @@ impl PodManager {
             self.deps.metrics.setup_step("hostport", times.hostport);
         }
 
-        // 5. Pod files and the log directory.
+        // 5. Network policy: in force before the pod is reported Ready.
+        if !host_net && let Some(hook) = self.policy.get() {
+            let t = Instant::now();
+            rec.policy = true;
+            hook.pod_up(&rec.id, policy::policy_pod(rec))
+                .instrument(tracing::info_span!("policy_add"))
+                .await
+                .map_err(|e| PodError::step("applying network policy", ErrorKind::Internal, e))?;
+            times.policy = t.elapsed();
+            self.deps.metrics.setup_step("policy", times.policy);
+        }
+
+        // 6. Pod files and the log directory.
         let t = Instant::now();
         let dir = self.cfg.files_dir.join(&rec.id);
         rec.files_dir = Some(dir.clone());
@@ -697,6 +732,7 @@ impl PodManager {
             cgroup_us = times.cgroup.as_micros() as u64,
             cni_us = times.cni.as_micros() as u64,
             hostport_us = times.hostport.as_micros() as u64,
+            policy_us = times.policy.as_micros() as u64,
             files_us = times.files.as_micros() as u64,
             ips = ?rec.ips(),
             "pod sandbox set up"
@@ -814,6 +850,21 @@ impl PodManager {
         let all = mode == Teardown::Everything;
         let host_net = rec.config.host_network();
 
+        // Policy first, while the pod still holds its addresses.
+        if let Some(hook) = self.policy.get()
+            && (rec.policy || (all && !host_net))
+        {
+            let t = Instant::now();
+            let r = hook
+                .pod_down(&rec.id)
+                .instrument(tracing::info_span!("policy_remove"))
+                .await;
+            self.deps.metrics.teardown_step("policy", t.elapsed());
+            match r {
+                Ok(()) => rec.policy = false,
+                Err(e) => errors.push(format!("withdrawing network policy: {e}")),
+            }
+        }
         if rec.hostports || (all && !host_net) {
             let t = Instant::now();
             let r = self
@@ -1080,6 +1131,7 @@ struct StepTimes {
     cgroup: Duration,
     cni: Duration,
     hostport: Duration,
+    policy: Duration,
     files: Duration,
 }
 

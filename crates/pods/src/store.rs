@@ -197,6 +197,7 @@ mod tests {
             uts_ns: None,
             network: None,
             hostports: false,
+            policy: false,
             cgroup: None,
             files_dir: None,
             pause_pid_ns: None,

@@ -146,6 +146,9 @@ pub struct PodRecord {
     pub network: Option<PodNetworkState>,
     /// Host ports published (and not yet withdrawn).
     pub hostports: bool,
+    /// Registered with the network-policy enforcer (and not yet withdrawn).
+    #[serde(default)]
+    pub policy: bool,
     /// The pod cgroup (relative to each cgroup hierarchy root), until removed.
     pub cgroup: Option<String>,
     /// Directory of the pod's resolv.conf, hostname and hosts files, until removed.
