@@ -71,6 +71,10 @@ pub struct Layout {
     pub netns_dir: PathBuf,
     /// This daemon's own nftables host-port table name.
     pub hostport_table: String,
+    /// This daemon's own nftables policy table (`inet`), used when `[policy] enable = true`.
+    pub policy_table: String,
+    /// Its policy directory (`<temp>/policies`).
+    pub policy_dir: PathBuf,
     /// This daemon's cgroupfs parent for pods (removed on drop).
     pub cgroup_parent: String,
     pub log: PathBuf,
@@ -102,6 +106,8 @@ impl Layout {
             cni_dir: p.join("net.d"),
             netns_dir: p.join("netns"),
             hostport_table: unique("sluice-e2e-"),
+            policy_table: unique("sluice-e2e-p"),
+            policy_dir: p.join("policies"),
             cgroup_parent: format!("/sluice-e2e/{}", unique("d")),
             log: p.join("daemon.log"),
             dir,
@@ -110,7 +116,8 @@ impl Layout {
             "[server]\nlisten = {:?}\nshutdown_timeout = \"5s\"\n\n\
              [storage]\nroot = {:?}\nrunroot = {:?}\n\n\
              [network]\nnetwork_dir = {:?}\nnetns_dir = {:?}\nhostport_table = {:?}\n\n\
-             [runtime]\ncgroup_parent = {:?}\n",
+             [runtime]\ncgroup_parent = {:?}\n\n\
+             [policy]\ntable = {:?}\ndir = {:?}\n",
             layout.socket,
             layout.root,
             layout.runroot,
@@ -118,6 +125,8 @@ impl Layout {
             layout.netns_dir,
             layout.hostport_table,
             layout.cgroup_parent,
+            layout.policy_table,
+            layout.policy_dir,
         );
         fs::write(&layout.config, text).expect("write config");
         fs::create_dir(&layout.cni_dir).expect("cni dir");
@@ -193,6 +202,10 @@ impl Drop for Layout {
                 .stderr(Stdio::null())
                 .status();
         }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.policy_table])
+            .stderr(Stdio::null())
+            .status();
         if let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") {
             for line in mounts.lines() {
                 let Some((pre, post)) = line.split_once(" - ") else {

@@ -153,6 +153,14 @@ pub struct NsServer {
 const SERVER_PY: &str = r#"
 import socket, sys
 port, reply = int(sys.argv[1]), sys.argv[2].encode() + b"\n"
+if len(sys.argv) > 3 and sys.argv[3] == "udp":
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    print("ready", flush=True)
+    while True:
+        _, addr = s.recvfrom(2048)
+        s.sendto(reply, addr)
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -170,9 +178,14 @@ while True:
 impl NsServer {
     /// Starts the server in the namespace pinned at `netns` and waits until it listens.
     pub fn start(netns: &Path, port: u16, reply: &str) -> Self {
+        Self::start_proto(netns, port, reply, "tcp")
+    }
+
+    /// Like [`NsServer::start`] for `proto` "tcp" or "udp" (UDP answers every datagram).
+    pub fn start_proto(netns: &Path, port: u16, reply: &str, proto: &str) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", netns.display()))
-            .args(["python3", "-c", SERVER_PY, &port.to_string(), reply])
+            .args(["python3", "-c", SERVER_PY, &port.to_string(), reply, proto])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -221,6 +234,57 @@ pub fn probe(netns: Option<&Path>, ip: &str, port: u16) -> Result<String, String
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
+}
+
+const REACH_PY: &str = r#"
+import socket, sys
+ip, port, proto, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+try:
+    if proto == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(timeout)
+        s.sendto(b"ping", (ip, port))
+        print(s.recvfrom(100)[0].decode().strip())
+    else:
+        s = socket.create_connection((ip, port), timeout=timeout)
+        s.settimeout(timeout)
+        print(s.recv(100).decode().strip())
+except Exception as e:
+    print("unreachable:", e)
+"#;
+
+/// Whether a `proto` ("tcp"/"udp") exchange from `netns` (the host when `None`) to
+/// `ip:port` gets an answer within `timeout_ms` (a dropped packet shows as no answer).
+/// Returns the answer line, or `None`.
+pub fn reach(
+    netns: Option<&Path>,
+    ip: &str,
+    port: u16,
+    proto: &str,
+    timeout_ms: u64,
+) -> Option<String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("python3");
+            c
+        }
+        None => Command::new("python3"),
+    };
+    let out = cmd
+        .args([
+            "-c",
+            REACH_PY,
+            ip,
+            &port.to_string(),
+            proto,
+            &format!("{}", timeout_ms as f64 / 1000.0),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run reach probe");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!line.starts_with("unreachable") && !line.is_empty()).then_some(line)
 }
 
 /// IPv4 addresses configured on `eth0` inside the namespace.

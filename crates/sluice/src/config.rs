@@ -32,6 +32,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub metrics: MetricsConfig,
     pub tracing: TracingConfig,
+    pub policy: PolicyConfig,
 }
 
 /// `[server]`: the CRI endpoint.
@@ -152,6 +153,29 @@ impl Default for TracingConfig {
             enable: false,
             endpoint: "http://127.0.0.1:4317".to_string(),
             sampling_rate_per_million: 1_000_000,
+        }
+    }
+}
+
+/// `[policy]`: Kubernetes NetworkPolicy enforced by sluice in nftables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub enable: bool,
+    pub dir: PathBuf,
+    pub table: String,
+    pub log_denied: bool,
+    pub log_rate_per_sec: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            dir: PathBuf::from("/etc/sluice/policies"),
+            table: "sluice-policy".to_string(),
+            log_denied: false,
+            log_rate_per_sec: 10,
         }
     }
 }
@@ -586,16 +610,33 @@ fn validate(config: &Config, origin: &BTreeMap<String, PathBuf>) -> Result<(), C
     absolute("storage.runroot", &config.storage.runroot)?;
     absolute("network.network_dir", &config.network.network_dir)?;
     absolute("network.netns_dir", &config.network.netns_dir)?;
-    let table = &config.network.hostport_table;
-    if table.is_empty()
-        || table.len() > 64
-        || !table
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    absolute("policy.dir", &config.policy.dir)?;
+    for (key, table) in [
+        ("network.hostport_table", &config.network.hostport_table),
+        ("policy.table", &config.policy.table),
+    ] {
+        if table.is_empty()
+            || table.len() > 64
+            || !table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                key,
+                format!("{table:?} must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_'"),
+            ));
+        }
+    }
+    if config.policy.table == config.network.hostport_table {
         return Err(invalid(
-            "network.hostport_table",
-            format!("{table:?} must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_'"),
+            "policy.table",
+            "must differ from network.hostport_table".to_string(),
+        ));
+    }
+    if config.policy.log_rate_per_sec == 0 || config.policy.log_rate_per_sec > 10_000 {
+        return Err(invalid(
+            "policy.log_rate_per_sec",
+            format!("must be 1-10000, got {}", config.policy.log_rate_per_sec),
         ));
     }
     for cap in &config.runtime.default_capabilities {
@@ -945,6 +986,22 @@ endpoint = "{tracing_endpoint}"
 # Share of calls without a sampled parent that are traced, per million (1000000 = all). A
 # sampled W3C traceparent from the kubelet is always honoured. Lower it on busy nodes.
 sampling_rate_per_million = {sampling}
+
+[policy]
+# Enforce Kubernetes NetworkPolicy (networking.k8s.io/v1) for this node's pods in sluice's own
+# nftables table, outside the pods' network namespaces. Pods selected by no policy keep all
+# traffic (the Kubernetes default); traffic from the node to its pods is always allowed.
+enable = {policy_enable}
+# NetworkPolicy and Namespace manifests (YAML, multi-document, or JSON), watched: changes apply
+# within a second. An invalid document is reported (file, document, field) and skipped; while
+# a file is invalid, its previous policies stay in force.
+dir = {policy_dir}
+# Name of the `inet` nftables table sluice owns for policy (distinct per sluice instance).
+table = "{policy_table}"
+# Log denied new connections (source and destination pods) at warn level.
+log_denied = {policy_log}
+# Most denied connections logged per second (the kernel drops the rest of the log lines).
+log_rate_per_sec = {policy_rate}
 "#,
         listen = q(&d.server.listen),
         shutdown = d.server.shutdown_timeout,
@@ -990,6 +1047,11 @@ sampling_rate_per_million = {sampling}
         tracing_enable = d.tracing.enable,
         tracing_endpoint = d.tracing.endpoint,
         sampling = d.tracing.sampling_rate_per_million,
+        policy_enable = d.policy.enable,
+        policy_dir = q(&d.policy.dir),
+        policy_table = d.policy.table,
+        policy_log = d.policy.log_denied,
+        policy_rate = d.policy.log_rate_per_sec,
     )
 }
 
@@ -1127,9 +1189,56 @@ mod tests {
             .to_string();
         assert!(
             err.contains("`serverr`")
-                && err.contains("images, log, metrics, network, runtime, server, storage, tracing"),
+                && err.contains(
+                    "images, log, metrics, network, policy, runtime, server, storage, tracing"
+                ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn streaming_and_policy_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            (
+                "[server]\nstream_address = \"localhost\"\n",
+                "`server.stream_address`",
+            ),
+            (
+                "[server]\nstream_idle_timeout = \"0s\"\n",
+                "`server.stream_idle_timeout`",
+            ),
+            (
+                "[server]\nstream_tls_cert = \"/c.pem\"\n",
+                "`server.stream_tls_cert`",
+            ),
+            ("[policy]\ndir = \"policies\"\n", "`policy.dir`"),
+            ("[policy]\ntable = \"a b\"\n", "`policy.table`"),
+            (
+                "[policy]\ntable = \"same\"\n[network]\nhostport_table = \"same\"\n",
+                "`policy.table`",
+            ),
+            (
+                "[policy]\nlog_rate_per_sec = 0\n",
+                "`policy.log_rate_per_sec`",
+            ),
+        ] {
+            write(dir.path(), "sluice.toml", text);
+            let err = load(&sources(dir.path()), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        write(
+            dir.path(),
+            "sluice.toml",
+            "[server]\nstream_address = \"::1\"\nstream_port = 10350\n[policy]\nenable = true\n",
+        );
+        let cfg = load(&sources(dir.path()), &Overrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(cfg.server.stream_port, 10350);
+        assert!(cfg.policy.enable);
     }
 
     #[test]

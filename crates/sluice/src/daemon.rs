@@ -161,6 +161,7 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     let cni_metrics = cnimgr::CniMetrics::register(&mut registry);
     let pod_metrics = pods::PodMetrics::register(&mut registry);
     let image_metrics = images::ImageMetrics::register(&mut registry);
+    let policy_metrics = crate::policy::PolicyMetrics::register(&mut registry);
 
     let cni = Arc::new(cnimgr::CniManager::with_metrics(
         cni_config(&config),
@@ -206,6 +207,27 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     for w in &report.warnings {
         tracing::warn!(warning = %w, "pod state recovery");
     }
+    // Network policy: rebuilt from the live pods before the first CRI call, so a restart
+    // (even after the table was flushed) never leaves pods unprotected while serving.
+    let _policy = if config.policy.enable {
+        let svc = crate::policy::PolicyService::start(
+            &config.policy,
+            &config.storage.root,
+            pods.policy_pods(),
+            policy_metrics,
+        )
+        .await
+        .context("starting network policy enforcement")?;
+        pods.set_policy(svc.clone());
+        svc.watch().context("watching the policy directory")?;
+        svc.spawn_counter_refresh(std::time::Duration::from_secs(2));
+        if config.policy.log_denied {
+            svc.spawn_denied_logger();
+        }
+        Some(svc)
+    } else {
+        None
+    };
     let streams = Arc::new(
         streaming::StreamServer::start(stream_config(&config)?, pods.clone())
             .await

@@ -14,6 +14,8 @@
 mod config;
 mod daemon;
 mod pause;
+mod policy;
+mod policy_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +66,13 @@ enum Command {
     Config,
     /// Print the version of sluice and of the CRI API it serves.
     Version,
+    /// Network policy: explain a flow, list which policies select which pods.
+    Policy {
+        #[command(flatten)]
+        args: policy_cli::PolicyArgs,
+        #[command(subcommand)]
+        command: policy_cli::PolicyCommand,
+    },
     /// Hold a pod's shared PID namespace (started by the daemon, not by people).
     #[command(hide = true)]
     Pause {
@@ -89,9 +98,33 @@ fn main() -> ExitCode {
         Some(Command::Pause { init }) => {
             return if init { pause::init() } else { pause::holder() };
         }
+        Some(Command::Policy { .. }) => return policy(cli),
         None => {}
     }
     run(cli)
+}
+
+/// `sluice policy ...`: reads the config for the socket and the policy directory.
+#[allow(clippy::print_stderr)]
+fn policy(cli: Cli) -> ExitCode {
+    let Some(Command::Policy { args, command }) = cli.command else {
+        return ExitCode::FAILURE;
+    };
+    let sources = config::Sources::new(cli.config, cli.config_dir);
+    let overrides = config::Overrides {
+        listen: cli.listen,
+        ..config::Overrides::default()
+    };
+    let loaded = match config::load(&sources, &overrides) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let socket = args.socket.unwrap_or(loaded.config.server.listen.clone());
+    let dir = args.dir.unwrap_or(loaded.config.policy.dir.clone());
+    policy_cli::run(command, &socket, &dir)
 }
 
 /// The daemon. Errors before logging is set up go to stderr directly.
