@@ -99,6 +99,7 @@ bench: deps build ## Benchmarks (print p50/p90; run on a quiet machine)
 	$(CARGO) bench -p images --bench pull
 	$(CARGO) bench -p oci --bench lifecycle
 	$(CARGO) bench -p netpolicy --bench compile_scale
+	$(CARGO) bench -p netpolicy --bench enforce_scale
 
 # `make fuzz`: cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP=1 lets stable rustc take the
 # -Z flags libfuzzer needs). FUZZ_TARGET is spdy_frames (the frame decoder) or spdy_session (a

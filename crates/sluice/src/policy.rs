@@ -270,11 +270,13 @@ impl PolicyService {
             log_rate_per_sec: cfg.log_rate_per_sec,
         }));
         let n_pods = pods.len();
+        let span = apply_span("full");
         let stats = enforcer
             .replace_all(&loaded, pods, node_ips())
-            .instrument(tracing::info_span!("policy_apply", operation = "full"))
+            .instrument(span.clone())
             .await
             .context("building the network policy table")?;
+        record_span(&span, &stats);
         metrics.record("full", &stats);
         metrics
             .policies
@@ -325,13 +327,15 @@ impl PolicyService {
         if merged.policies == loaded.policies && merged.namespaces == loaded.namespaces {
             return;
         }
+        let span = apply_span("full");
         let result = self
             .enforcer
             .set_policies(&merged)
-            .instrument(tracing::info_span!("policy_apply", operation = "full"))
+            .instrument(span.clone())
             .await;
         match result {
             Ok(stats) => {
+                record_span(&span, &stats);
                 self.metrics.record("full", &stats);
                 self.metrics
                     .policies
@@ -526,6 +530,25 @@ fn libc_epipe() -> i32 {
     nix::errno::Errno::EPIPE as i32
 }
 
+/// The span of one policy change; its counts are recorded when it is applied.
+fn apply_span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "policy_apply",
+        operation,
+        rules = tracing::field::Empty,
+        elements = tracing::field::Empty,
+        compile_us = tracing::field::Empty,
+        apply_us = tracing::field::Empty,
+    )
+}
+
+fn record_span(span: &tracing::Span, stats: &netpolicy::ApplyStats) {
+    span.record("rules", stats.rules);
+    span.record("elements", stats.elements);
+    span.record("compile_us", stats.compile.as_micros() as u64);
+    span.record("apply_us", stats.apply.as_micros() as u64);
+}
+
 impl pods::PolicyHook for PolicyService {
     fn pod_up<'a>(
         &'a self,
@@ -533,11 +556,14 @@ impl pods::PolicyHook for PolicyService {
         pod: netpolicy::Pod,
     ) -> pods::policy::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            let span = apply_span("pod_add");
             let stats = self
                 .enforcer
                 .pod_added(id, pod)
+                .instrument(span.clone())
                 .await
                 .map_err(|e| pods::error_chain(&e))?;
+            record_span(&span, &stats);
             self.metrics.record("pod_add", &stats);
             Ok(())
         })
@@ -545,11 +571,14 @@ impl pods::PolicyHook for PolicyService {
 
     fn pod_down<'a>(&'a self, id: &'a str) -> pods::policy::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            let span = apply_span("pod_remove");
             let stats = self
                 .enforcer
                 .pod_removed(id)
+                .instrument(span.clone())
                 .await
                 .map_err(|e| pods::error_chain(&e))?;
+            record_span(&span, &stats);
             self.metrics.record("pod_remove", &stats);
             Ok(())
         })
