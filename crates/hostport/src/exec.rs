@@ -1,14 +1,12 @@
-//! The one way this crate runs external tools: optional `nsenter --net=PATH` prefix, stdin
-//! written then closed (or null), stdout and stderr collected, bounded wait, child killed
-//! when the wait is abandoned.
+//! The one way this crate runs external tools: optional `nsenter --net=PATH` prefix, then
+//! [`runcmd::run_output`] (stdin written then closed (or null), stdout and stderr collected,
+//! bounded wait, child killed and reaped on timeout), its errors mapped into [`Error`].
 
 use std::ffi::OsString;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use runcmd::CmdError;
 
 use crate::Error;
 
@@ -61,81 +59,42 @@ impl Runner {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<Output, Error> {
-        let command_line = || self.describe(program, args);
-        let mut cmd = match &self.netns {
+        let (exe, argv) = match &self.netns {
             Some(ns) => {
-                let mut c = Command::new(&self.nsenter);
                 let mut net = OsString::from("--net=");
                 net.push(ns.as_os_str());
-                c.arg(net).arg("--").arg(program);
-                c
+                let mut argv = vec![net, OsString::from("--"), OsString::from(program)];
+                argv.extend(args.iter().map(OsString::from));
+                (self.nsenter.as_path(), argv)
             }
-            None => Command::new(program),
+            None => (
+                Path::new(program),
+                args.iter().map(OsString::from).collect(),
+            ),
         };
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            command: command_line(),
-            source,
-        })?;
-
-        let mut child_stdin = child.stdin.take();
-        let mut child_stdout = child.stdout.take();
-        let mut child_stderr = child.stderr.take();
-        let io = async {
-            // Write stdin while draining stdout/stderr, so a chatty child cannot deadlock us.
-            let write = async {
-                if let (Some(mut w), Some(input)) = (child_stdin.take(), stdin) {
-                    w.write_all(input.as_bytes()).await?;
-                    w.shutdown().await?;
+        let out = runcmd::run_output(exe, &argv, stdin.map(str::as_bytes), self.timeout)
+            .await
+            .map_err(|e| {
+                let command = self.describe(program, args);
+                match e {
+                    CmdError::Spawn { source, .. } => Error::Spawn { command, source },
+                    CmdError::Io { source, .. } => Error::Io { command, source },
+                    CmdError::Timeout { .. } => Error::Timeout {
+                        command,
+                        timeout: self.timeout,
+                    },
+                    // `run_output` never judges the exit status.
+                    e @ CmdError::Failed { .. } => Error::Io {
+                        command,
+                        source: std::io::Error::other(e.to_string()),
+                    },
                 }
-                Ok::<_, std::io::Error>(())
-            };
-            let read_out = async {
-                let mut buf = Vec::new();
-                if let Some(r) = child_stdout.as_mut() {
-                    r.read_to_end(&mut buf).await?;
-                }
-                Ok::<_, std::io::Error>(buf)
-            };
-            let read_err = async {
-                let mut buf = Vec::new();
-                if let Some(r) = child_stderr.as_mut() {
-                    r.read_to_end(&mut buf).await?;
-                }
-                Ok::<_, std::io::Error>(buf)
-            };
-            let (w, out, err) = tokio::join!(write, read_out, read_err);
-            let status = child.wait().await?;
-            // A child that exits without reading its stdin gives EPIPE; its status and
-            // stderr are the better evidence, so only report the write error on success.
-            if status.success() {
-                w?;
-            }
-            Ok::<_, std::io::Error>((status, out?, err?))
-        };
-        match tokio::time::timeout(self.timeout, io).await {
-            Err(_) => Err(Error::Timeout {
-                command: command_line(),
-                timeout: self.timeout,
-            }),
-            Ok(Err(source)) => Err(Error::Io {
-                command: command_line(),
-                source,
-            }),
-            Ok(Ok((status, stdout, stderr))) => Ok(Output {
-                status,
-                stdout,
-                stderr: String::from_utf8_lossy(&stderr).trim_end().to_owned(),
-            }),
-        }
+            })?;
+        Ok(Output {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+        })
     }
 
     /// Like [`Runner::run`] but a non-zero exit is an [`Error::Command`].

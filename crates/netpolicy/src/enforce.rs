@@ -18,14 +18,13 @@
 //! All calls are serialised by one async mutex.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use runcmd::CmdError;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 use tokio::sync::Mutex;
 
 use crate::eval::{
@@ -656,78 +655,41 @@ impl Enforcer {
         }
     }
 
-    /// Runs nft with a bounded wait, writing stdin while draining stdout and stderr.
+    /// Runs nft with a bounded wait (see [`runcmd::run_output`]): stdout, and stderr without
+    /// trailing whitespace, whatever the exit status.
     async fn run_raw(
         &self,
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<(std::process::ExitStatus, String, String), EnforceError> {
         let nft = &self.cfg.nft;
-        let mut child = Command::new(nft)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| EnforceError::Spawn {
-                nft: nft.clone(),
-                source,
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let out = runcmd::run_output(nft, &argv, stdin.map(str::as_bytes), NFT_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                CmdError::Spawn { source, .. } => EnforceError::Spawn {
+                    nft: nft.clone(),
+                    source,
+                },
+                CmdError::Io { source, .. } => EnforceError::Io {
+                    nft: nft.clone(),
+                    source,
+                },
+                CmdError::Timeout { .. } => EnforceError::Timeout {
+                    nft: nft.clone(),
+                    timeout: NFT_TIMEOUT,
+                },
+                // `run_output` never judges the exit status.
+                e @ CmdError::Failed { .. } => EnforceError::Io {
+                    nft: nft.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                },
             })?;
-        let mut child_stdin = child.stdin.take();
-        let mut child_stdout = child.stdout.take();
-        let mut child_stderr = child.stderr.take();
-        let io = async {
-            let write = async {
-                if let (Some(w), Some(input)) = (child_stdin.as_mut(), stdin) {
-                    w.write_all(input.as_bytes()).await?;
-                    w.shutdown().await?;
-                }
-                drop(child_stdin.take());
-                Ok::<_, std::io::Error>(())
-            };
-            let read_out = async {
-                let mut buf = Vec::new();
-                if let Some(r) = child_stdout.as_mut() {
-                    r.read_to_end(&mut buf).await?;
-                }
-                Ok::<_, std::io::Error>(buf)
-            };
-            let read_err = async {
-                let mut buf = Vec::new();
-                if let Some(r) = child_stderr.as_mut() {
-                    r.read_to_end(&mut buf).await?;
-                }
-                Ok::<_, std::io::Error>(buf)
-            };
-            let (w, out, err) = tokio::join!(write, read_out, read_err);
-            let status = child.wait().await?;
-            // A child that exits without reading stdin gives EPIPE: its status and stderr are
-            // the better evidence.
-            if status.success() {
-                w?;
-            }
-            Ok::<_, std::io::Error>((status, out?, err?))
-        };
-        match tokio::time::timeout(NFT_TIMEOUT, io).await {
-            Err(_) => Err(EnforceError::Timeout {
-                nft: nft.clone(),
-                timeout: NFT_TIMEOUT,
-            }),
-            Ok(Err(source)) => Err(EnforceError::Io {
-                nft: nft.clone(),
-                source,
-            }),
-            Ok(Ok((status, out, err))) => Ok((
-                status,
-                String::from_utf8_lossy(&out).into_owned(),
-                String::from_utf8_lossy(&err).trim_end().to_owned(),
-            )),
-        }
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).trim_end().to_owned(),
+        ))
     }
 }
 

@@ -18,7 +18,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cmd;
 pub mod reaper;
 pub mod rootfs;
 pub mod runtime;
@@ -28,6 +27,9 @@ pub mod stream;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+
+/// Bounded external commands (runc, conmon, …): the [`runcmd`] crate, under its old path.
+pub use runcmd as cmd;
 
 pub use runtime::{
     ContainerRuntime, ContainerStatus, CreateRequest, Created, ExecOutcome, Runc, RuntimeConfig,
