@@ -50,8 +50,14 @@ async fn world_with_container(script: &str) -> (World, Pod, String) {
 
 #[tokio::test]
 async fn exec_over_spdy_reports_output_and_exit_codes() {
-    let (w, _pod, id) = world_with_container("sleep 3600").await;
+    let metrics_port = sluice_e2e::net::free_port();
+    let w = World::start_with(&format!(
+        "[metrics]\nenable = true\naddress = \"127.0.0.1:{metrics_port}\"\n"
+    ))
+    .await;
+    let pod = w.run_pod(w.pod_config("stream")).await;
     let mut c = w.rt().await;
+    let id = run(&mut c, &pod, shell("main", &w.busybox, "sleep 3600")).await;
 
     let url = exec_url(&mut c, &id, &["echo", "hello"], false, false).await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
@@ -120,6 +126,29 @@ async fn exec_over_spdy_reports_output_and_exit_codes() {
     // ExecSync keeps working beside the streaming server.
     let r = sluice_e2e::containers::exec_ok(&mut c, &id, &["echo", "sync"]).await;
     assert_eq!(r, "sync\n");
+
+    // Sessions and the refused reuse are counted.
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        value("sluice_streaming_sessions_total{operation=\"exec\",transport=\"spdy\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("sluice_streaming_refused_total{code=\"404\"}"),
+        1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -162,6 +162,7 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
     let pod_metrics = pods::PodMetrics::register(&mut registry);
     let image_metrics = images::ImageMetrics::register(&mut registry);
     let policy_metrics = crate::policy::PolicyMetrics::register(&mut registry);
+    let stream_metrics = streaming::StreamMetrics::register(&mut registry);
 
     let cni = Arc::new(cnimgr::CniManager::with_metrics(
         cni_config(&config),
@@ -229,9 +230,15 @@ async fn serve(config: Config, listener: StdUnixListener) -> anyhow::Result<()> 
         None
     };
     let streams = Arc::new(
-        streaming::StreamServer::start(stream_config(&config)?, pods.clone())
-            .await
-            .context("starting the streaming server")?,
+        streaming::StreamServer::start(
+            streaming::ServerConfig {
+                metrics: stream_metrics,
+                ..stream_config(&config)?
+            },
+            pods.clone(),
+        )
+        .await
+        .context("starting the streaming server")?,
     );
     let runtime = server::RuntimeSvc::new(info, Arc::new(CniNetwork(Arc::clone(&cni))), pods)
         .with_streaming(Arc::clone(&streams));

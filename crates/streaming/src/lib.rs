@@ -14,6 +14,7 @@ pub use runtime::{
     AttachRequest, ExecRequest, PortForwardRequest, StreamError, StreamIo, StreamRuntime, TermSize,
 };
 pub mod idle;
+pub mod metrics;
 pub mod portforward;
 pub mod remotecommand;
 pub mod server;
@@ -21,6 +22,7 @@ pub mod status;
 pub mod token;
 pub mod ws;
 
+pub use metrics::StreamMetrics;
 pub use server::{ServerConfig, ServerError, StreamServer};
 #[cfg(any(test, feature = "client"))]
 pub mod client;

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     /// Most URLs pending at once.
     pub max_pending: usize,
+    /// Where sessions and refusals are counted.
+    pub metrics: crate::metrics::StreamMetrics,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +58,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(4 * 3600),
             token_ttl: crate::token::DEFAULT_TTL,
             max_pending: crate::token::DEFAULT_CAPACITY,
+            metrics: crate::metrics::StreamMetrics::default(),
         }
     }
 }
@@ -88,6 +91,7 @@ struct State {
     runtime: Arc<dyn StreamRuntime>,
     session: SessionConfig,
     stop: CancellationToken,
+    metrics: crate::metrics::StreamMetrics,
 }
 
 impl StreamServer {
@@ -127,6 +131,7 @@ impl StreamServer {
                 ..SessionConfig::default()
             },
             stop: stop.clone(),
+            metrics: cfg.metrics.clone(),
         });
         let task = tokio::spawn(accept_loop(listener, tls, state));
         tracing::info!(address = %local_addr, %base_url, "streaming server listening");
@@ -249,7 +254,14 @@ where
     let stop = state.stop.clone();
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(req, state)) }
+        async move {
+            let metrics = state.metrics.clone();
+            let resp = route(req, state);
+            if resp.status().is_client_error() {
+                metrics.refused(resp.status().as_u16());
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -421,6 +433,7 @@ where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (handle, incoming) = spdy::session::spawn(io, Role::Server, state.session.clone());
+    let _active = state.metrics.session(operation_name(&pending), "spdy");
     let runtime = state.runtime.clone();
     let session = async {
         match pending {
@@ -567,6 +580,14 @@ fn upgrade_websocket(
     resp
 }
 
+fn operation_name(pending: &Pending) -> &'static str {
+    match pending {
+        Pending::Exec(_) => "exec",
+        Pending::Attach(_) => "attach",
+        Pending::PortForward(_) => "port_forward",
+    }
+}
+
 /// What a WebSocket upgrade negotiated.
 #[derive(Debug, Clone, Copy)]
 enum WsKind {
@@ -599,6 +620,9 @@ async fn run_websocket<T>(
     let socket =
         tokio_tungstenite::WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
     let runtime = state.runtime.clone();
+    // The SPDY tunnel counts itself in run_spdy.
+    let _active = (!matches!(kind, WsKind::PortForward(ws::PortForwardWs::SpdyTunnel)))
+        .then(|| state.metrics.session(operation_name(&pending), "websocket"));
     match (kind, pending) {
         (WsKind::RemoteCommand(protocol), Pending::Exec(req)) => {
             let span = tracing::info_span!("stream_exec", container_id = %req.container_id, transport = "websocket", protocol = protocol.name(), tty = req.tty);
