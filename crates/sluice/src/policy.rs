@@ -245,6 +245,32 @@ pub fn node_ips() -> Vec<IpAddr> {
     ips.into_iter().collect()
 }
 
+/// Pods on one bridge reach each other without routing; their packets pass the `inet`
+/// forward hook only while br_netfilter hands bridged traffic to it. Turns that on when it is
+/// off, and warns when the kernel lacks br_netfilter (only routed traffic is filtered then).
+fn ensure_bridge_netfilter() {
+    for family in ["iptables", "ip6tables"] {
+        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{family}");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => match std::fs::write(&path, "1") {
+                Ok(()) => tracing::warn!(
+                    sysctl = %path,
+                    "enabled bridge netfilter so network policy sees pod-to-pod traffic on the same bridge"
+                ),
+                Err(e) => tracing::error!(
+                    sysctl = %path, error = %e,
+                    "cannot enable bridge netfilter: traffic between pods on the same bridge bypasses network policy"
+                ),
+            },
+            Err(_) => tracing::error!(
+                sysctl = %path,
+                "br_netfilter is not available (load the module): traffic between pods on the same bridge bypasses network policy"
+            ),
+        }
+    }
+}
+
 impl PolicyService {
     /// Loads the directory and rebuilds the table from `pods` (the live pods), before the
     /// daemon serves.
@@ -256,6 +282,7 @@ impl PolicyService {
     ) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.dir)
             .with_context(|| format!("creating the policy directory {}", cfg.dir.display()))?;
+        ensure_bridge_netfilter();
         // Files that are invalid now keep the version that was last in force, even across a
         // restart: the daemon mirrors every valid file under the state directory.
         let mirror = state_dir.join("policy").join("last-good");

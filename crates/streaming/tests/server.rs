@@ -450,6 +450,55 @@ async fn spdy_exec_stdout_exit_zero() {
     assert_eq!(rec.io, vec![(false, false, true, true, false)]);
 }
 
+/// Many sessions at once, over both transports, each getting its own output and status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_sessions() {
+    let (server, _fake) = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let url = server
+            .exec_url(exec(&["echo", &format!("session-{i}")], false, true, false))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            if i % 4 == 0 {
+                let (mut ws, _) = ws_connect(&url, "v4.channel.k8s.io").await;
+                let got = ws_collect(&mut ws).await;
+                let stdout = got.data.get(&1).cloned().unwrap_or_default();
+                (
+                    i,
+                    String::from_utf8_lossy(&stdout).into_owned(),
+                    got.data.get(&3).cloned(),
+                )
+            } else {
+                let out = client::exec_spdy(
+                    &url,
+                    SessionOptions {
+                        stdout: true,
+                        stderr: true,
+                        ..SessionOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+                (
+                    i,
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    Some(out.error),
+                )
+            }
+        }));
+    }
+    for t in tasks {
+        let (i, stdout, status) = within("a session", t).await.unwrap();
+        assert_eq!(stdout, format!("session-{i}\n"));
+        assert_eq!(
+            status.as_deref(),
+            Some(&br#"{"status":"Success"}"#[..]),
+            "session {i}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spdy_exec_exit7_is_non_zero_exit_code() {
     let (server, _fake) = start().await;
