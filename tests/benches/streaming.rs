@@ -54,6 +54,7 @@ async fn main() {
 
     let mut spdy = Vec::with_capacity(n);
     let mut sync = Vec::with_capacity(n);
+    let (mut rpc, mut upgrade, mut session) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=n {
         let t = Instant::now();
         let url = c
@@ -69,8 +70,13 @@ async fn main() {
             .unwrap()
             .into_inner()
             .url;
-        let out = client::exec_spdy(
-            &url,
+        let t_rpc = t.elapsed();
+        let (handle, _incoming, _) = client::connect_spdy(&url, client::CRICTL_PROTOCOLS)
+            .await
+            .unwrap();
+        let t_upgrade = t.elapsed();
+        let out = client::run_remote_command(
+            &handle,
             SessionOptions {
                 stdout: true,
                 stderr: true,
@@ -80,6 +86,7 @@ async fn main() {
         .await
         .unwrap();
         let took = t.elapsed();
+        handle.close().await;
         assert_eq!(out.exit_code(), Some(0), "{:?}", out.status());
         let t = Instant::now();
         exec(&mut c, &id, &["true"], 10).await.unwrap();
@@ -88,9 +95,15 @@ async fn main() {
         if i > 0 {
             spdy.push(took);
             sync.push(took_sync);
+            rpc.push(t_rpc);
+            upgrade.push(t_upgrade - t_rpc);
+            session.push(took - t_upgrade);
         }
     }
     report("exec `true` over SPDY (Exec + session)", spdy);
+    report("  of which the Exec RPC", rpc);
+    report("  of which connect + upgrade", upgrade);
+    report("  of which streams, runc exec, status", session);
     report("exec `true` via ExecSync", sync);
 
     let url = c

@@ -40,14 +40,7 @@ fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(
 
 /// The container's full id, if it exists and is running.
 async fn running_container(pods: &PodManager, id: &str) -> Result<String, Status> {
-    let rec = pods.container_status(id).await.map_err(container::fail)?;
-    if rec.state != pods::ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
-            "container {} is not running (state {:?})",
-            rec.id, rec.state
-        )));
-    }
-    Ok(rec.id)
+    pods.running_container_id(id).await.map_err(container::fail)
 }
 
 pub async fn exec(

@@ -500,6 +500,35 @@ impl PodManager {
 
     /// Reconciles the record with the runtime (exit record, `runc state`) and persists a
     /// change.
+    /// The record, reconciled with the runtime only when it may be stale: a Running record
+    /// whose monitor has written no exit file is still running (the rule ListContainers
+    /// uses), which saves a `runc state` call on hot paths such as exec.
+    async fn current(&self, entry: &CEntry) -> ContainerRecord {
+        let rec = entry.get();
+        if rec.state == ContainerState::Running && !rec.bundle.join("exit").exists() {
+            return rec;
+        }
+        self.refresh(entry).await
+    }
+
+    /// The full id of a running container (by id or unique prefix): what Exec and Attach
+    /// check before they hand out a streaming URL.
+    pub async fn running_container_id(&self, id: &str) -> Result<String, PodError> {
+        let entry = self.must_find_container(id)?;
+        let rec = self.current(&entry).await;
+        if rec.state != ContainerState::Running {
+            return Err(PodError::step(
+                "checking the container",
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "container {} is not running (state {:?})",
+                    rec.id, rec.state
+                ),
+            ));
+        }
+        Ok(rec.id)
+    }
+
     async fn refresh(&self, entry: &CEntry) -> ContainerRecord {
         let mut rec = entry.get();
         if rec.state == ContainerState::Exited {
@@ -649,27 +678,7 @@ impl PodManager {
         cmd: Vec<String>,
         timeout: Duration,
     ) -> Result<ExecResult, PodError> {
-        let entry = self.must_find_container(id)?;
-        let rec = self.refresh(&entry).await;
-        if rec.state != ContainerState::Running {
-            return Err(PodError::step(
-                "exec in the container",
-                ErrorKind::FailedPrecondition,
-                format!("container {} is not running", rec.id),
-            ));
-        }
-        let spec_path = rec.bundle.join("config.json");
-        let spec: oci::spec::oci::Spec = tokio::fs::read(&spec_path)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                PodError::step(
-                    "reading the container spec",
-                    ErrorKind::Internal,
-                    format!("{}: {e}", spec_path.display()),
-                )
-            })?;
+        let (rec, spec) = self.running_container(id, "exec in the container").await?;
         let mut process = spec.process;
         process.args = cmd;
         process.terminal = false;
@@ -697,7 +706,7 @@ impl PodManager {
         step: &'static str,
     ) -> Result<(ContainerRecord, oci::spec::oci::Spec), PodError> {
         let entry = self.must_find_container(id)?;
-        let rec = self.refresh(&entry).await;
+        let rec = self.current(&entry).await;
         if rec.state != ContainerState::Running {
             return Err(PodError::step(
                 step,
