@@ -302,11 +302,14 @@ fn main() {
             .collect());
         // A new client pod: a peer of p0, so the server's elements change too.
         let (mut add, mut remove) = (Vec::new(), Vec::new());
+        let (mut add_compile, mut add_nft) = (Vec::new(), Vec::new());
         for i in 0..20u8 {
             let pod = bench.pod(&format!("new{i}"), "client", bench.ip(150 + i));
             let t = Instant::now();
-            rt.block_on(enforcer.pod_added("new", pod)).unwrap();
+            let stats = rt.block_on(enforcer.pod_added("new", pod)).unwrap();
             add.push(t.elapsed());
+            add_compile.push(stats.compile);
+            add_nft.push(stats.apply);
             let t = Instant::now();
             rt.block_on(enforcer.pod_removed("new")).unwrap();
             remove.push(t.elapsed());
@@ -318,6 +321,12 @@ fn main() {
             recompile,
             p50(add),
             p50(remove)
+        );
+        println!(
+            "{:>8} pod_add split: compute {:.2?}, nft {:.2?} (p50)",
+            "",
+            p50(add_compile),
+            p50(add_nft)
         );
     }
     rt.block_on(enforcer.remove_table()).unwrap();
