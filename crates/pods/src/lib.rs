@@ -850,9 +850,11 @@ impl PodManager {
         let all = mode == Teardown::Everything;
         let host_net = rec.config.host_network();
 
-        // Policy first, while the pod still holds its addresses.
+        // Policy first, while the pod still holds its addresses. Not only when the record
+        // says so: a pod created before policy was enabled is in the table since the start-up
+        // rebuild. Withdrawing an unknown pod is free.
         if let Some(hook) = self.policy.get()
-            && (rec.policy || (all && !host_net))
+            && (rec.policy || !host_net)
         {
             let t = Instant::now();
             let r = hook

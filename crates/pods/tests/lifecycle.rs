@@ -593,3 +593,96 @@ async fn pod_stop_kills_and_pod_remove_removes_its_containers_and_restart_reload
     assert!(m.list_containers(&Default::default()).await.is_empty());
     assert!(!mounted(&keep.rootfs));
 }
+
+/// Records what the pod manager tells network policy; can be told to fail.
+#[derive(Debug, Default)]
+struct RecordingPolicy {
+    log: std::sync::Mutex<Vec<String>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl pods::PolicyHook for RecordingPolicy {
+    fn pod_up<'a>(
+        &'a self,
+        id: &'a str,
+        pod: netpolicy::Pod,
+    ) -> pods::policy::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!(
+                "up {id} {}/{} {:?} ips={}",
+                pod.namespace,
+                pod.name,
+                pod.labels,
+                pod.ips.len()
+            ));
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                Err("nft: boom".to_string())
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn pod_down<'a>(&'a self, id: &'a str) -> pods::policy::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!("down {id}"));
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn policy_is_in_force_before_ready_and_withdrawn_first() {
+    let w = World::new();
+    let m = w.manager();
+    let hook = Arc::new(RecordingPolicy::default());
+    m.set_policy(hook.clone());
+    let pod = m.run(sandbox("a")).await.unwrap();
+    {
+        let log = hook.log.lock().unwrap();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(
+            log[0].starts_with(&format!("up {} default/a", pod.id))
+                && log[0].contains("\"app\": \"a\"")
+                && log[0].ends_with("ips=1"),
+            "{log:?}"
+        );
+    }
+    assert_eq!(m.policy_pods().len(), 1);
+    m.stop(&pod.id).await.unwrap();
+    assert_eq!(
+        hook.log.lock().unwrap().last().cloned(),
+        Some(format!("down {}", pod.id))
+    );
+    assert!(m.policy_pods().is_empty(), "a stopped pod is not enforced");
+
+    // A policy that cannot be applied fails RunPodSandbox and unwinds the pod.
+    hook.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = m.run(sandbox("b")).await.unwrap_err();
+    let text = pods::error_chain(&err);
+    assert!(
+        text.contains("applying network policy") && text.contains("boom"),
+        "{text}"
+    );
+    assert_eq!(
+        m.list(&PodFilter::default()).len(),
+        1,
+        "only the stopped pod a is left"
+    );
+    assert!(
+        hook.log
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .starts_with("down ")
+    );
+
+    // Host-network pods are not subject to policy.
+    hook.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let before = hook.log.lock().unwrap().len();
+    let mut host = sandbox("h");
+    host.network = NsMode::Node;
+    m.run(host).await.unwrap();
+    assert_eq!(hook.log.lock().unwrap().len(), before);
+}

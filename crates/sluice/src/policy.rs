@@ -154,6 +154,15 @@ fn load(dir: &Path) -> Result<Loaded, String> {
     netpolicy::load_dir(dir).map_err(|e| pods::error_chain(&e))
 }
 
+/// Documents rejected at the last load.
+fn invalid_documents(loaded: &Loaded) -> usize {
+    loaded
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count()
+}
+
 /// File names (not paths: the previous version may come from the mirror) with an invalid
 /// document.
 fn invalid_files(loaded: &Loaded) -> BTreeSet<std::ffi::OsString> {
@@ -308,16 +317,9 @@ impl PolicyService {
         metrics
             .policies
             .set(i64::try_from(loaded.policies.len()).unwrap_or(i64::MAX));
-        metrics.problems.set(
-            i64::try_from(
-                loaded
-                    .problems
-                    .iter()
-                    .filter(|p| p.severity == Severity::Error)
-                    .count(),
-            )
-            .unwrap_or(i64::MAX),
-        );
+        metrics
+            .problems
+            .set(i64::try_from(invalid_documents(&loaded)).unwrap_or(i64::MAX));
         tracing::info!(
             dir = %cfg.dir.display(),
             table = %cfg.table,
@@ -350,6 +352,9 @@ impl PolicyService {
         };
         let mut loaded = self.loaded.lock().await;
         sync_mirror(&self.dir, &self.mirror, &new);
+        self.metrics
+            .problems
+            .set(i64::try_from(invalid_documents(&new)).unwrap_or(i64::MAX));
         let merged = keep_previous_for_invalid_files(&loaded, new);
         if merged.policies == loaded.policies && merged.namespaces == loaded.namespaces {
             return;
@@ -367,16 +372,6 @@ impl PolicyService {
                 self.metrics
                     .policies
                     .set(i64::try_from(merged.policies.len()).unwrap_or(i64::MAX));
-                self.metrics.problems.set(
-                    i64::try_from(
-                        merged
-                            .problems
-                            .iter()
-                            .filter(|p| p.severity == Severity::Error)
-                            .count(),
-                    )
-                    .unwrap_or(i64::MAX),
-                );
                 tracing::info!(
                     policies = merged.policies.len(),
                     rules = stats.rules,
