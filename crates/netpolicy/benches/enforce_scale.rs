@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use netpolicy::{Enforcer, EnforcerConfig, Format, Loaded, Pod, load_str};
+use netpolicy::{Enforcer, EnforcerConfig, Format, Loaded, Pod, load_str, netlink, nft};
 
 const CONNECTS: usize = 400;
 
@@ -245,6 +245,51 @@ fn p50(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The element diff of one pod_add, sent (and reverted) directly over netlink and with
+/// `nft -f`: p50 of the forward application on each path.
+fn apply_paths(
+    rt: &tokio::runtime::Runtime,
+    enforcer: &Enforcer,
+    bench: &Bench,
+) -> (Duration, Duration) {
+    let before = nft::all_elements(&rt.block_on(enforcer.compiled()));
+    let pod = bench.pod("probe", "client", bench.ip(149));
+    rt.block_on(enforcer.pod_added("probe", pod)).unwrap();
+    let after = nft::all_elements(&rt.block_on(enforcer.compiled()));
+    rt.block_on(enforcer.pod_removed("probe")).unwrap();
+    let (forward, back) = (nft::diff(&before, &after), nft::diff(&after, &before));
+    assert!(!forward.is_empty());
+    let table = &bench.table;
+    let (mut netlink_times, mut nft_times) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let t = Instant::now();
+        netlink::apply_diff(table, &forward).unwrap();
+        netlink_times.push(t.elapsed());
+        netlink::apply_diff(table, &back).unwrap();
+        let t = Instant::now();
+        nft_f(&nft::diff_script(table, &forward));
+        nft_times.push(t.elapsed());
+        nft_f(&nft::diff_script(table, &back));
+    }
+    (p50(netlink_times), p50(nft_times))
+}
+
+fn nft_f(script: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         println!("enforce_scale: needs root, skipped");
@@ -323,10 +368,15 @@ fn main() {
             p50(remove)
         );
         println!(
-            "{:>8} pod_add split: compute {:.2?}, nft {:.2?} (p50)",
+            "{:>8} pod_add split: compute {:.2?}, apply {:.2?} (p50)",
             "",
             p50(add_compile),
             p50(add_nft)
+        );
+        let (netlink, nft) = apply_paths(&rt, &enforcer, &bench);
+        println!(
+            "{:>8} one pod_add diff applied directly: netlink {netlink:.2?}, nft -f {nft:.2?} (p50)",
+            ""
         );
     }
     rt.block_on(enforcer.remove_table()).unwrap();

@@ -31,6 +31,7 @@ use crate::eval::{
     Compiled, CompiledPeer, CompiledPolicy, World, peer_matches_pod, policy_selects,
 };
 use crate::model::{Direction, NetworkPolicy, Peer, Pod, PolicyRef};
+use crate::netlink;
 use crate::nft::{self, ElementKey, Elements, RulesetOptions, SetId, SetKind};
 use crate::parse::Loaded;
 
@@ -516,10 +517,37 @@ impl Enforcer {
         } else if diff.is_empty() {
             Some(Ok(()))
         } else {
-            Some(
-                self.run_script(nft::diff_script(&self.cfg.table, &diff))
-                    .await,
-            )
+            // Straight to the kernel over netlink (no nft process); on any failure the
+            // kernel is unchanged and `nft -f` gets the same transaction, reporting errors
+            // in its words.
+            let table = self.cfg.table.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let result = netlink::apply_diff(&table, &diff);
+                (diff, result)
+            })
+            .await;
+            match outcome {
+                Ok((_, Ok(()))) => Some(Ok(())),
+                Ok((diff, Err(e))) => {
+                    match e {
+                        netlink::NetlinkError::Kernel { .. } => {
+                            tracing::debug!(error = %e, "netlink element update refused, retrying with nft");
+                        }
+                        _ => {
+                            tracing::warn!(error = %e, "netlink element update failed, retrying with nft");
+                        }
+                    }
+                    Some(
+                        self.run_script(nft::diff_script(&self.cfg.table, &diff))
+                            .await,
+                    )
+                }
+                Err(e) => {
+                    // The diff went down with the task; the rebuild below sends everything.
+                    tracing::warn!(error = %e, "netlink element update task failed");
+                    None
+                }
+            }
         };
         match incremental {
             Some(Ok(())) => {

@@ -3,8 +3,9 @@
 //!
 //! sluice enforces NetworkPolicy itself (issue 11) instead of leaving it to a CNI plugin, so
 //! a node running only the reference plugins still isolates its pods. This crate holds that
-//! whole feature. Everything but [`enforce`] is pure (no kernel access, no I/O, no async);
-//! [`enforce`] alone runs `nft` (async, tokio). The crate
+//! whole feature. Everything but [`enforce`] and [`netlink`] is pure (no kernel access, no
+//! I/O, no async); [`enforce`] runs `nft` (async, tokio) and sends element diffs through
+//! [`netlink`] (blocking socket I/O, on tokio's blocking pool). The crate
 //! - loads a directory of NetworkPolicy and Namespace manifests (YAML multi-document or JSON),
 //!   reporting each invalid document with file, document index and field path and skipping it
 //!   while the others apply ([`load_dir`]);
@@ -34,6 +35,7 @@
 pub mod enforce;
 mod eval;
 mod model;
+pub mod netlink;
 pub mod nft;
 mod parse;
 
