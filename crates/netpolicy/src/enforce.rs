@@ -615,14 +615,25 @@ impl Enforcer {
         Ok(out)
     }
 
+    /// Reads the per-element counters (over netlink; with `nft -j list table` if that
+    /// fails) and records the per-policy sums in the book.
     async fn read_counters(&self, state: &mut State) -> Result<(), EnforceError> {
         let table = self.cfg.table.clone();
-        let text = self
-            .run(&["-j", "list", "table", "inet", &table], None)
-            .await?;
+        let read = tokio::task::spawn_blocking(move || netlink::read_counters(&table)).await;
+        let counters = match read {
+            Ok(Ok(counters)) => counters,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "netlink counter read failed, reading with nft -j");
+                self.nft_counters().await?
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "netlink counter read task failed, reading with nft -j");
+                self.nft_counters().await?
+            }
+        };
         let attribution = state.attribution();
         let mut live: BTreeMap<(PolicyRef, CounterVerdict), u64> = BTreeMap::new();
-        for (set, key, packets) in parse_counters(&text)? {
+        for (set, key, packets) in counters {
             if let Some((owner, verdict)) = attribution.get(&(set, key))
                 && let Some(policy) = state.compiled.policies.get(*owner)
             {
@@ -631,6 +642,14 @@ impl Enforcer {
         }
         state.book.observe(&live);
         Ok(())
+    }
+
+    /// The per-element counters as `nft -j list table` shows them.
+    async fn nft_counters(&self) -> Result<Vec<netlink::ElementCounter>, EnforceError> {
+        let text = self
+            .run(&["-j", "list", "table", "inet", &self.cfg.table], None)
+            .await?;
+        parse_counters(&text)
     }
 
     /// The current world: policies (sorted by namespace/name), namespaces, pods, node IPs.
@@ -721,8 +740,9 @@ impl Enforcer {
     }
 }
 
-/// `(set name, element key, packets)` of every counted element in `nft -j list table`.
-fn parse_counters(text: &str) -> Result<Vec<(String, ElementKey, u64)>, EnforceError> {
+/// `(set name, element key, packets)` of every counted element of our sets in the output of
+/// `nft -j list table` (or `list set`); what [`netlink::read_counters`] reads directly.
+pub fn parse_counters(text: &str) -> Result<Vec<netlink::ElementCounter>, EnforceError> {
     let doc: Value = serde_json::from_str(text).map_err(|e| EnforceError::Parse(e.to_string()))?;
     let items = doc
         .get("nftables")

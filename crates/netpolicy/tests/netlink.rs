@@ -1,6 +1,7 @@
 //! Element diffs over netlink against the real kernel (root): the same diff sent over
 //! netlink into table A and as `nft -f` of `diff_script` into table B must leave both
-//! tables with the same elements (and counters); a refused batch changes nothing.
+//! tables with the same elements (and counters); a refused batch changes nothing. Counters
+//! read over netlink equal those `nft -j list table` shows, traffic counted or not.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
@@ -10,7 +11,8 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use netpolicy::netlink::{self, NetlinkError};
+use netpolicy::enforce::parse_counters;
+use netpolicy::netlink::{self, ElementCounter, NetlinkError};
 use netpolicy::nft::{
     self, AddrRange, Diff, Element, Elements, Family, RulesetOptions, SetId, SetKind,
 };
@@ -434,4 +436,150 @@ fn a_refused_batch_changes_nothing() {
 fn an_empty_diff_sends_nothing() {
     // No root needed: nothing is sent, so even a table that does not exist is fine.
     netlink::apply_diff("sluice-nlt-none", &Diff::default()).unwrap();
+}
+
+fn sorted(mut v: Vec<ElementCounter>) -> Vec<ElementCounter> {
+    v.sort();
+    v
+}
+
+/// `nft -j list table inet <table>`, parsed as the enforcer parses it.
+fn nft_counters(table: &str) -> Vec<ElementCounter> {
+    let o = Command::new("nft")
+        .args(["-j", "list", "table", "inet", table])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    sorted(parse_counters(&String::from_utf8(o.stdout).unwrap()).unwrap())
+}
+
+#[test]
+fn netlink_counters_equal_nft_json_and_element_keys() {
+    require_root!();
+    let mut elements = small_world_elements();
+    for e in new_elements() {
+        elements.insert(e, 0);
+    }
+    let tables = Tables::new(&elements);
+    let got = sorted(netlink::read_counters(&tables.a).unwrap());
+    assert_eq!(got, nft_counters(&tables.a));
+    // Exactly the keys the enforcer attributes counters by (`Element::key` per set).
+    let want: Vec<ElementCounter> =
+        sorted(elements.keys().map(|e| (set_of(e), e.key(), 0)).collect());
+    assert_eq!(got, want);
+    for set in SetId::all() {
+        assert!(
+            got.iter().any(|(name, _, _)| *name == set.name()),
+            "no element of {}",
+            set.name()
+        );
+    }
+
+    // After deleting some over netlink, both readers still agree.
+    let delete: Vec<Element> = elements
+        .keys()
+        .filter(|e| e.pod() == ip("10.66.0.3") || e.pod() == ip("fd66::3"))
+        .cloned()
+        .collect();
+    netlink::apply_diff(
+        &tables.a,
+        &Diff {
+            delete,
+            add: vec![],
+        },
+    )
+    .unwrap();
+    let got = sorted(netlink::read_counters(&tables.a).unwrap());
+    assert_eq!(got, nft_counters(&tables.a));
+    assert!(got.len() < want.len());
+}
+
+#[test]
+fn netlink_counters_of_a_missing_table_are_an_error() {
+    require_root!();
+    let missing = format!("sluice-nlt-missing{}", unique());
+    let err = netlink::read_counters(&missing).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetlinkError::Kernel {
+                errno: Errno::ENOENT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Counters that traffic incremented read the same over netlink as with `nft -j`: a test
+/// chain on the output hook looks marked loopback datagrams up in the table's sets.
+#[test]
+fn netlink_counters_count_traffic_like_nft() {
+    require_root!();
+    const MARK: u32 = 0x5a17;
+    let rx4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let port4 = rx4.local_addr().unwrap().port();
+    let lo4 = AddrRange::single(ip("127.0.0.1"));
+    let lo6 = AddrRange::single(ip("::1"));
+    let counted = [
+        ports(
+            Direction::Ingress,
+            "127.0.0.1",
+            lo4,
+            Protocol::Udp,
+            (port4, port4),
+        ),
+        Element::Isolated {
+            direction: Direction::Egress,
+            pod: ip("127.0.0.1"),
+        },
+        all(Direction::Egress, "::1", lo6),
+        ports(Direction::Ingress, "::1", lo6, Protocol::Udp, (0, 65535)),
+    ];
+    let mut elements = small_world_elements();
+    for e in &counted {
+        elements.insert(e.clone(), 0);
+    }
+    let tables = Tables::new(&elements);
+    let t = &tables.a;
+    nft_script(&format!(
+        "table inet {t} {{
+            chain count_out {{
+                type filter hook output priority filter; policy accept;
+                meta mark {MARK:#x} meta l4proto udp ip daddr . ip saddr . meta l4proto . th dport @in_ports4
+                meta mark {MARK:#x} ip saddr @eg_iso4
+                meta mark {MARK:#x} ip6 saddr . ip6 daddr @eg_all6
+                meta mark {MARK:#x} meta l4proto udp ip6 daddr . ip6 saddr . meta l4proto . th dport @in_ports6
+            }}
+        }}"
+    ))
+    .unwrap();
+    let send = |to: std::net::SocketAddr, n: usize| {
+        let bind: std::net::SocketAddr = if to.is_ipv4() {
+            "127.0.0.1:0".parse().unwrap()
+        } else {
+            "[::1]:0".parse().unwrap()
+        };
+        let tx = std::net::UdpSocket::bind(bind).unwrap();
+        nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::Mark, &MARK).unwrap();
+        for _ in 0..n {
+            tx.send_to(b"sluice", to).unwrap();
+        }
+    };
+    send(rx4.local_addr().unwrap(), 3);
+    send(rx6.local_addr().unwrap(), 2);
+    let got = sorted(netlink::read_counters(t).unwrap());
+    assert_eq!(got, nft_counters(t));
+    let packets = |e: &Element| {
+        got.iter()
+            .find(|(set, key, _)| *set == set_of(e) && *key == e.key())
+            .map(|c| c.2)
+    };
+    assert_eq!(packets(&counted[0]), Some(3));
+    assert_eq!(packets(&counted[1]), Some(3));
+    assert_eq!(packets(&counted[2]), Some(2));
+    assert_eq!(packets(&counted[3]), Some(2));
+    let total: u64 = got.iter().map(|c| c.2).sum();
+    assert_eq!(total, 10, "{got:?}");
 }
