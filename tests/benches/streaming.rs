@@ -75,16 +75,9 @@ async fn main() {
             .await
             .unwrap();
         let t_upgrade = t.elapsed();
-        let out = client::run_remote_command(
-            &handle,
-            SessionOptions {
-                stdout: true,
-                stderr: true,
-                ..SessionOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let out = client::run_remote_command(&handle, SessionOptions::output())
+            .await
+            .unwrap();
         let took = t.elapsed();
         handle.close().await;
         assert_eq!(out.exit_code(), Some(0), "{:?}", out.status());

@@ -16,7 +16,6 @@ use sluice_e2e::containers::{
     Pod, Runtime, World, pids_with_cmdline, run, shell, start_time, status, wait_gone,
 };
 use streaming::client::{self, SessionOptions};
-use streaming::spdy::HeaderBlock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -35,6 +34,21 @@ async fn exec_url(c: &mut Runtime, id: &str, cmd: &[&str], stdin: bool, tty: boo
     })
     .await
     .unwrap_or_else(|e| panic!("Exec {cmd:?}: {e:?}"))
+    .into_inner()
+    .url
+}
+
+/// An Attach URL for the container's stdout and stderr.
+async fn attach_url(c: &mut Runtime, id: &str) -> String {
+    c.attach(AttachRequest {
+        container_id: id.into(),
+        stdin: false,
+        tty: false,
+        stdout: true,
+        stderr: true,
+    })
+    .await
+    .unwrap()
     .into_inner()
     .url
 }
@@ -61,16 +75,9 @@ async fn exec_over_spdy_reports_output_and_exit_codes() {
 
     let url = exec_url(&mut c, &id, &["echo", "hello"], false, false).await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let out = client::exec_spdy(
-        &url,
-        SessionOptions {
-            stdout: true,
-            stderr: true,
-            ..SessionOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let out = client::exec_spdy(&url, SessionOptions::output())
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"hello\n");
     assert_eq!(out.error, br#"{"status":"Success"}"#);
 
@@ -82,16 +89,9 @@ async fn exec_over_spdy_reports_output_and_exit_codes() {
         false,
     )
     .await;
-    let out = client::exec_spdy(
-        &url,
-        SessionOptions {
-            stdout: true,
-            stderr: true,
-            ..SessionOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let out = client::exec_spdy(&url, SessionOptions::output())
+        .await
+        .unwrap();
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
     let status = out.status().unwrap();
@@ -185,12 +185,10 @@ async fn client_disconnect_kills_only_the_execd_process() {
         .await
         .unwrap();
     assert_eq!(protocol, "v4.channel.k8s.io");
-    for kind in ["error", "stdout", "stderr"] {
-        let mut h = HeaderBlock::new();
-        h.push("streamtype", kind.as_bytes().to_vec()).unwrap();
-        let s = handle.open(h).await.unwrap();
-        std::mem::forget(s);
-    }
+    let streams = client::open_streams(&handle, &["error", "stdout", "stderr"])
+        .await
+        .unwrap();
+    std::mem::forget(streams);
     let deadline = Instant::now() + SECS30;
     let pid = loop {
         if let Some(&pid) = pids_with_cmdline(&["sleep", "4242"]).first() {
@@ -217,27 +215,13 @@ async fn attach_streams_output_and_detach_leaves_the_container_running() {
         world_with_container("i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done")
             .await;
     let mut c = w.rt().await;
-    let url = c
-        .attach(AttachRequest {
-            container_id: id.clone(),
-            stdin: false,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = attach_url(&mut c, &id).await;
     let (handle, _incoming, _) = client::connect_spdy(&url, client::CRICTL_PROTOCOLS)
         .await
         .unwrap();
-    let mut streams = Vec::new();
-    for kind in ["error", "stdout", "stderr"] {
-        let mut h = HeaderBlock::new();
-        h.push("streamtype", kind.as_bytes().to_vec()).unwrap();
-        streams.push(handle.open(h).await.unwrap());
-    }
+    let mut streams = client::open_streams(&handle, &["error", "stdout", "stderr"])
+        .await
+        .unwrap();
     let stdout = streams.remove(1);
     let (mut r, _w) = stdout.into_split();
     let mut seen = String::new();
@@ -258,29 +242,9 @@ async fn attach_streams_output_and_detach_leaves_the_container_running() {
     assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{seen}");
 
     // Attach again, then stop the container: the session ends with Success.
-    let url = c
-        .attach(AttachRequest {
-            container_id: id.clone(),
-            stdin: false,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
-    let session = tokio::spawn(async move {
-        client::exec_spdy(
-            &url,
-            SessionOptions {
-                stdout: true,
-                stderr: true,
-                ..SessionOptions::default()
-            },
-        )
-        .await
-    });
+    let url = attach_url(&mut c, &id).await;
+    let session =
+        tokio::spawn(async move { client::exec_spdy(&url, SessionOptions::output()).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.stop_container(StopContainerRequest {
         container_id: id.clone(),

@@ -233,6 +233,30 @@ pub struct SessionOptions {
     pub stdin_later: Option<mpsc::Receiver<Vec<u8>>>,
 }
 
+impl SessionOptions {
+    /// stdout and stderr, nothing else: what `crictl exec <ctr> <cmd>` asks for.
+    pub fn output() -> Self {
+        Self {
+            stdout: true,
+            stderr: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Opens one stream per `kinds` entry (`streamtype` header), in order, each after the
+/// previous one's SYN_REPLY, as client-go does.
+pub async fn open_streams(
+    handle: &SessionHandle,
+    kinds: &[&str],
+) -> Result<Vec<Stream>, ClientError> {
+    let mut out = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        out.push(open(handle, kind).await?);
+    }
+    Ok(out)
+}
+
 async fn open(handle: &SessionHandle, kind: &str) -> Result<Stream, ClientError> {
     let mut h = HeaderBlock::new();
     h.push("streamtype", kind.as_bytes().to_vec())

@@ -430,14 +430,7 @@ async fn spdy_exec_stdout_exit_zero() {
     let url = server.exec_url(req.clone()).unwrap();
     let out = within(
         "the exec",
-        client::exec_spdy(
-            &url,
-            SessionOptions {
-                stdout: true,
-                stderr: true,
-                ..SessionOptions::default()
-            },
-        ),
+        client::exec_spdy(&url, SessionOptions::output()),
     )
     .await
     .unwrap();
@@ -470,16 +463,9 @@ async fn many_concurrent_sessions() {
                     got.data.get(&3).cloned(),
                 )
             } else {
-                let out = client::exec_spdy(
-                    &url,
-                    SessionOptions {
-                        stdout: true,
-                        stderr: true,
-                        ..SessionOptions::default()
-                    },
-                )
-                .await
-                .unwrap();
+                let out = client::exec_spdy(&url, SessionOptions::output())
+                    .await
+                    .unwrap();
                 (
                     i,
                     String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -507,14 +493,7 @@ async fn spdy_exec_exit7_is_non_zero_exit_code() {
         .unwrap();
     let out = within(
         "the exec",
-        client::exec_spdy(
-            &url,
-            SessionOptions {
-                stdout: true,
-                stderr: true,
-                ..SessionOptions::default()
-            },
-        ),
+        client::exec_spdy(&url, SessionOptions::output()),
     )
     .await
     .unwrap();
@@ -639,15 +618,7 @@ async fn spdy_client_disconnect_drops_the_exec() {
         .unwrap();
     let session = handle.clone();
     let run = tokio::spawn(async move {
-        client::run_remote_command(
-            &session,
-            SessionOptions {
-                stdout: true,
-                stderr: true,
-                ..SessionOptions::default()
-            },
-        )
-        .await
+        client::run_remote_command(&session, SessionOptions::output()).await
     });
     within("the exec to start", fake.started.notified()).await;
     handle.close().await;
@@ -850,15 +821,7 @@ async fn idle_sessions_are_closed_and_their_exec_dropped() {
                 .unwrap();
             let session = handle.clone();
             let run = tokio::spawn(async move {
-                client::run_remote_command(
-                    &session,
-                    SessionOptions {
-                        stdout: true,
-                        stderr: true,
-                        ..SessionOptions::default()
-                    },
-                )
-                .await
+                client::run_remote_command(&session, SessionOptions::output()).await
             });
             Box::new((handle, run)) as Box<dyn std::any::Any + Send>
         } else {
@@ -1146,14 +1109,7 @@ async fn malformed_spdy_frame_closes_the_connection() {
         .unwrap();
     let out = within(
         "the next exec",
-        client::exec_spdy(
-            &url,
-            SessionOptions {
-                stdout: true,
-                stderr: true,
-                ..SessionOptions::default()
-            },
-        ),
+        client::exec_spdy(&url, SessionOptions::output()),
     )
     .await
     .unwrap();
